@@ -1,0 +1,79 @@
+"""Build of the optional Cython/OpenMP extension ``fastxent._kernels``.
+
+Flags: ``-O3 -fno-math-errno -fno-trapping-math`` let gcc vectorise while
+keeping IEEE NaN/inf semantics; ``-ffast-math``/``-Ofast`` are never used (they
+turn NaN handling into garbage), nor ``-march=native`` (a wheel built with it
+crashes on older CPUs). AVX2/FMA code paths are chosen at run time inside the
+extension. If the extension cannot be compiled (no compiler, no OpenMP), the
+package still installs and runs on its Numba and NumPy backends;
+``fastxent.backends()`` then says why cython is unavailable.
+Set ``FASTXENT_NO_OPENMP=1`` to build without OpenMP, ``FASTXENT_REQUIRE_EXT=1``
+to make a failed extension build an error instead of a warning.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+COMPILE_ARGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
+OPENMP = [] if os.environ.get("FASTXENT_NO_OPENMP") else ["-fopenmp"]
+
+
+class OptionalBuildExt(build_ext):
+    """Build the extension, but leave the pure-Python package working if it fails."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure is optional
+            self._failed(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def _failed(self, exc):
+        if os.environ.get("FASTXENT_REQUIRE_EXT"):
+            raise exc
+        sys.stderr.write(
+            "WARNING: fastxent._kernels (Cython/OpenMP) was not built: %s\n"
+            "fastxent will run on its Numba and NumPy backends.\n" % (exc,)
+        )
+
+
+def extensions():
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as exc:  # build deps missing: pure-Python install
+        sys.stderr.write("WARNING: cannot cythonize fastxent._kernels: %s\n" % (exc,))
+        return []
+    ext = Extension(
+        "fastxent._kernels",
+        ["fastxent/_kernels.pyx"],
+        include_dirs=[numpy.get_include(), "fastxent"],
+        extra_compile_args=COMPILE_ARGS + OPENMP,
+        extra_link_args=OPENMP,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    try:
+        return cythonize(
+            [ext],
+            compiler_directives={
+                "language_level": 3,
+                "boundscheck": False,
+                "wraparound": False,
+                "cdivision": True,
+                "initializedcheck": False,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001
+        sys.stderr.write("WARNING: cythonize failed: %s\n" % (exc,))
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
