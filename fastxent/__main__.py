@@ -1,0 +1,77 @@
+"""Command line: ``fastxent info`` (or ``python -m fastxent info``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import List, Optional
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info() -> dict:
+    """Backends, versions, threads and machine, as a dict."""
+    import numpy
+
+    import fastxent
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "fastxent": fastxent.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "cpu": _cpu_name(),
+        "cores_available": cores,
+        "threads": fastxent.get_num_threads(),
+        "backends": fastxent.backends(),
+    }
+
+
+def _print_info(as_json: bool) -> None:
+    d = info()
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    print("fastxent %s  (Python %s, NumPy %s)" % (d["fastxent"], d["python"], d["numpy"]))
+    print("cpu: %s, %s cores available, fastxent threads: %d"
+          % (d["cpu"], d["cores_available"], d["threads"]))
+    for name, b in d["backends"].items():
+        if b["available"]:
+            extra = ""
+            if name == "cython":
+                extra = "  openmp=%s isa=%s" % (b["openmp"], b["isa"])
+            print("  %-7s available  version %s%s" % (name, b["version"], extra))
+        else:
+            print("  %-7s UNAVAILABLE: %s" % (name, b["reason"]))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastxent", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    p_info = sub.add_parser("info", help="print backends, versions and threads")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        _print_info(args.json)
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

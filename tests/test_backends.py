@@ -1,0 +1,181 @@
+"""Backend registry: availability report, selection, errors, environment variables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastxent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, **env):
+    """Run ``code`` in a fresh interpreter (cwd = repo root) and return its stdout."""
+    full_env = dict(os.environ)
+    for k in ("FASTXENT_BACKEND", "FASTXENT_NUM_THREADS"):
+        full_env.pop(k, None)
+    full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_backends_report_structure():
+    info = fastxent.backends()
+    assert set(info) == {"cython", "numba", "numpy"}
+    for name, d in info.items():
+        assert isinstance(d["available"], bool), name
+        assert "version" in d, name
+        assert "reason" in d, name
+        if not d["available"]:
+            assert isinstance(d["reason"], str) and d["reason"], name
+        else:
+            assert d["reason"] is None, (name, d["reason"])
+    assert info["numpy"]["available"] is True
+    assert info["numpy"]["version"] == np.__version__
+    assert isinstance(info["cython"]["openmp"], bool)
+    if info["cython"]["available"]:
+        assert isinstance(info["cython"]["isa"], str) and info["cython"]["isa"]
+
+
+@pytest.mark.skipif(os.environ.get("FASTXENT_REQUIRE_ALL_BACKENDS") != "1",
+                    reason="set FASTXENT_REQUIRE_ALL_BACKENDS=1 (CI does) to require every backend")
+def test_all_backends_available_in_ci():
+    info = fastxent.backends()
+    for name in ("cython", "numba", "numpy"):
+        assert info[name]["available"], "%s unavailable: %s" % (name, info[name]["reason"])
+    assert info["cython"]["openmp"], "the cython extension was built without OpenMP"
+    import fastxent._kernels as k
+    assert k.openmp_enabled()
+
+
+def test_unknown_backend_is_value_error():
+    x = np.zeros((2, 3))
+    for fn in (lambda: fastxent.softmax(x, backend="cuda"),
+               lambda: fastxent.logsumexp(x, backend="torch"),
+               lambda: fastxent.cross_entropy(x, np.array([0, 1]), backend="fortran"),
+               lambda: fastxent.binary_cross_entropy_with_logits(x, x, backend="gpu")):
+        with pytest.raises(ValueError):
+            fn()
+
+
+@pytest.mark.parametrize("name", [None, "auto"], ids=["None", "auto"])
+def test_auto_backend_matches_numpy(name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7))
+    t = rng.integers(0, 7, size=5)
+    a = fastxent.cross_entropy(x, t, backend=name)
+    b = fastxent.cross_entropy(x, t, backend="numpy")
+    assert abs(a - b) <= 1e-12 * abs(b)
+
+
+def test_known_but_unavailable_backend_is_runtime_error_with_reason():
+    # Block numba's import in a fresh interpreter: the numba backend becomes
+    # unavailable, the report says why, forcing it raises RuntimeError, and
+    # auto still works on what is left.
+    out = run_python("""
+        import sys
+        sys.modules['numba'] = None
+        import numpy as np, fastxent
+        info = fastxent.backends()
+        assert info['numba']['available'] is False, info
+        assert info['numba']['reason'], info
+        try:
+            fastxent.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), backend='numba')
+        except RuntimeError as e:
+            print('RuntimeError', str(e))
+        else:
+            print('no error')
+        print(float(fastxent.cross_entropy(np.zeros((2, 3)), np.array([0, 1]))))
+    """)
+    first, second = out.splitlines()[-2:]
+    assert first.startswith("RuntimeError") and len(first) > len("RuntimeError "), out
+    assert abs(float(second) - np.log(3)) < 1e-12
+
+
+def test_missing_extension_leaves_package_working():
+    out = run_python("""
+        import sys
+        sys.modules['fastxent._kernels'] = None
+        import numpy as np, fastxent
+        info = fastxent.backends()
+        assert info['cython']['available'] is False, info
+        assert info['cython']['openmp'] is False
+        try:
+            fastxent.softmax(np.zeros((2, 3)), backend='cython')
+        except RuntimeError as e:
+            print('RuntimeError')
+        print(fastxent.softmax(np.zeros((2, 3)))[0, 0])
+    """)
+    lines = out.splitlines()
+    assert lines[-2] == "RuntimeError"
+    assert abs(float(lines[-1]) - 1 / 3) < 1e-15
+
+
+def test_import_does_not_import_numba():
+    # DESIGN: import fastxent stays fast and compiles nothing.
+    out = run_python("""
+        import sys, fastxent
+        print('numba' in sys.modules)
+    """)
+    assert out.splitlines()[-1] == "False"
+
+
+def test_env_backend_sets_default():
+    # FASTXENT_BACKEND=numba with numba blocked: the default now names an
+    # unavailable backend, so a call without backend= must raise RuntimeError.
+    out = run_python("""
+        import sys
+        sys.modules['numba'] = None
+        import numpy as np, fastxent
+        try:
+            fastxent.softmax(np.zeros((2, 3)))
+        except RuntimeError:
+            print('RuntimeError')
+        else:
+            print('no error')
+    """, FASTXENT_BACKEND="numba")
+    assert out.splitlines()[-1] == "RuntimeError"
+
+
+def test_env_backend_unknown_is_value_error():
+    out = run_python("""
+        import numpy as np, fastxent
+        try:
+            fastxent.softmax(np.zeros((2, 3)))
+        except ValueError:
+            print('ValueError')
+        else:
+            print('no error')
+    """, FASTXENT_BACKEND="bogus")
+    assert out.splitlines()[-1] == "ValueError"
+
+
+def test_env_num_threads():
+    out = run_python("import fastxent; print(fastxent.get_num_threads())", FASTXENT_NUM_THREADS="1")
+    assert out.splitlines()[-1] == "1"
+
+
+def test_default_num_threads_is_affinity():
+    out = run_python("import fastxent; print(fastxent.get_num_threads())")
+    assert int(out.splitlines()[-1]) == len(os.sched_getaffinity(0))
+
+
+def test_set_get_num_threads():
+    fastxent.set_num_threads(1)
+    assert fastxent.get_num_threads() == 1
+    fastxent.set_num_threads(2)
+    assert fastxent.get_num_threads() == 2
+    with pytest.raises(ValueError):
+        fastxent.set_num_threads(0)
+    with pytest.raises((TypeError, ValueError)):
+        fastxent.set_num_threads(1.5)
