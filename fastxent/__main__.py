@@ -1,4 +1,4 @@
-"""Command line: ``fastxent info`` (or ``python -m fastxent info``)."""
+"""Command line: ``fastxent info`` and ``fastxent bench`` (or ``python -m fastxent ...``)."""
 
 from __future__ import annotations
 
@@ -65,9 +65,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command")
     p_info = sub.add_parser("info", help="print backends, versions and threads")
     p_info.add_argument("--json", action="store_true", help="print JSON")
+    p_bench = sub.add_parser("bench", help="run the benchmark suite and write a report")
+    p_bench.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
+    p_bench.add_argument("--out", default="fastxent-bench", help="report folder (default: %(default)s)")
+    p_bench.add_argument("--repeats", type=int, default=None,
+                         help="samples per case (default 7, quick 5); the median is reported")
+    p_bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
+    p_bench.add_argument("--backend", action="append", choices=["cython", "numba", "numpy"],
+                         help="only these fastxent backends (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "info":
         _print_info(args.json)
+        return 0
+    if args.command == "bench":
+        from . import _bench
+
+        reps = args.repeats or (5 if args.quick else 7)
+        data = _bench.run_all(args.quick, reps, progress=_bench.progress_bar,
+                              backends=args.backend, peers=not args.no_peers)
+        paths = _bench.write_report(data, args.out)
+        with open(paths["md"]) as f:
+            print(f.read())
+        print("wrote " + ", ".join(paths.values()))
         return 0
     parser.print_help()
     return 2
