@@ -116,8 +116,7 @@ def test_matches_oracle(backend, dtype, reduction, kind, opts, layout):
     ref_loss, ref_grad = O.cross_entropy(x, t, **kw)
     loss = fastxent.cross_entropy(x, t, backend=backend, **kw)
     if reduction == "none":
-        assert isinstance(loss, np.ndarray) and loss.shape == row_shape
-        assert loss.dtype == cdt
+        assert np.shape(loss) == row_shape and np.asarray(loss).dtype == cdt
         O.assert_rowloss_close(loss, ref_loss, ltol, "loss")
     else:
         assert np.ndim(loss) == 0 and np.asarray(loss).dtype == cdt, (type(loss), np.asarray(loss).dtype)
