@@ -46,36 +46,73 @@ BCE_BLOCK = 16384
 
 
 # ---------------------------------------------------------------- row helpers
+#
+# The reference computes in the input's dtype with float64 row sums, and keeps
+# at most two N x C temporaries alive, so that it is also a usable fallback.
+# Row-wise quantities (lse, losses, scales) are float64 vectors of length R.
 
 
 def _softcap(X, softcap):
-    """``xs = s * tanh(x / s)`` with ``-inf`` kept masked, and ``dxs/dx``."""
+    """``xs = s * tanh(x / s)`` with ``-inf`` kept masked (``X`` itself when off)."""
     if softcap == 0:
-        return X, None
-    t = np.tanh(X / softcap)
-    xs = softcap * t
+        return X
+    xs = np.tanh(X / X.dtype.type(softcap))
+    xs *= X.dtype.type(softcap)
     xs[X == -np.inf] = -np.inf
-    return xs, 1 - t * t  # tanh' = 1 - tanh**2: 0 at x = +-inf
+    return xs
+
+
+def _softcap_slope(xs, softcap):
+    """``d xs / d x = 1 - tanh(x / s)**2 = 1 - (xs / s)**2``; 0 where masked."""
+    with np.errstate(invalid="ignore"):
+        t = xs / xs.dtype.type(softcap)
+        d = 1 - t * t
+    d[xs == -np.inf] = 0
+    return d
+
+
+def _row_shift_logsum(xs):
+    """Per row: ``shift`` (the max when finite, else 0) and ``log(sum exp(xs - shift))``.
+
+    ``lse = shift + logsum``; the two are kept apart so that ``lse - xs_y`` can be
+    formed as ``logsum + (shift - xs_y)``, exact even where ``|shift|`` dwarfs
+    ``logsum``.
+    """
+    m = np.max(xs, axis=1, initial=-np.inf)
+    shift = np.where(np.isfinite(m), m, 0).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.subtract(xs, shift[:, None], dtype=xs.dtype)
+        np.exp(e, out=e)
+    s = np.sum(e, axis=1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return shift, np.log(s)
 
 
 def _row_lse(xs):
-    """``lse = log(sum exp(xs))`` per row, the row max shifted out when finite."""
-    m = np.max(xs, axis=1, keepdims=True, initial=-np.inf)
-    shift = np.where(np.isfinite(m), m, 0).astype(xs.dtype)
-    s = np.sum(np.exp(xs - shift), axis=1, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(s) + shift[:, 0]  # float64 (R,)
+    """``lse = log(sum exp(xs))`` per row (float64), the row max shifted out."""
+    shift, logsum = _row_shift_logsum(xs)
+    return shift + logsum
 
 
-def _xlogy_rowsum(coef, logp):
-    """``sum_c coef_c * logp_c`` per row, with ``0 * -inf`` taken as 0."""
+def _probs_into(out, xs, shift, logsum):
+    """``out = exp(xs - shift) / exp(logsum)`` row-wise (``out`` may be ``xs``).
+
+    The same order of operations as the compiled kernels: the shifted exp, then
+    one multiply by ``1 / sum``; exact in structure even where ``|shift|`` is huge.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(xs, shift[:, None], out=out, casting="same_kind")
+        np.exp(out, out=out)
+        out *= np.exp(-logsum)[:, None].astype(out.dtype)
+
+
+def _weighted_rowsum(a, w):
+    """``sum_c w_c * a[n, c]`` per row in float64, where ``w_c == 0`` adds exactly 0."""
+    if w is None:
+        return np.sum(a, axis=1, dtype=np.float64)
+    nz = w != 0
     with np.errstate(invalid="ignore"):
-        terms = np.where(coef == 0, 0, coef * logp)
-    return np.sum(terms, axis=1, dtype=np.float64)
-
-
-def _weights(weight, C, dtype):
-    return np.ones(C, dtype) if weight.size == 0 else weight
+        return np.sum(a[:, nz] * w[nz], axis=1, dtype=np.float64)
 
 
 # ------------------------------------------------------------ softmax family
@@ -88,19 +125,18 @@ def logsumexp(X, out, nthreads=1):
 
 def log_softmax(X, out, nthreads=1):
     """``out[n, c] = X[n, c] - logsumexp(X[n])``; non-finite lse -> NaN row."""
-    lse = _row_lse(X)
+    shift, logsum = _row_shift_logsum(X)
     with np.errstate(invalid="ignore"):
-        np.subtract(X, lse[:, None].astype(X.dtype), out=out)
-    out[~np.isfinite(lse)] = np.nan
+        np.subtract(X, shift[:, None], out=out, casting="same_kind")
+        out -= logsum[:, None].astype(out.dtype)
+    out[~np.isfinite(shift + logsum)] = np.nan
 
 
 def softmax(X, out, nthreads=1):
     """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
-    lse = _row_lse(X)
-    with np.errstate(invalid="ignore", over="ignore"):
-        np.subtract(X, lse[:, None].astype(X.dtype), out=out)
-        np.exp(out, out=out)
-    out[~np.isfinite(lse)] = np.nan
+    shift, logsum = _row_shift_logsum(X)
+    _probs_into(out, X, shift, logsum)
+    out[~np.isfinite(shift + logsum)] = np.nan
 
 
 # ------------------------------------------------ cross-entropy, int targets
@@ -109,48 +145,61 @@ def softmax(X, out, nthreads=1):
 def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
             ce_scale, z_scale, gscalar, gout, loss_out, grad_out):
     R, C = X.shape
-    w = _weights(weight, C, X.dtype).astype(np.float64)
-    wsum = np.sum(w)
+    w = weight.astype(np.float64) if weight.size else None
+    wsum = np.sum(w) if w is not None else float(C)
     valid = target != ignore_index
     y = np.where(valid, target, 0)
     rows = np.arange(R)
-
-    x = X.astype(np.float64)  # the reference evaluates in float64
-    xs, dcap = _softcap(x, softcap)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lse = _row_lse(xs)
-        logp = xs - lse[:, None]
-        wy = w[y]
-        # loss_n = (1 - eps) * nll + eps * smooth, then the z-loss
-        ce = (1 - eps) * wy * -logp[rows, y]
+    xs = _softcap(X, softcap)
+    shift, logsum = _row_shift_logsum(xs)
+    lse = shift + logsum
+    wy = w[y] if w is not None else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        # nll = -w_y logp_y = w_y (logsum + shift - xs_y); a zero coefficient adds 0
+        c_nll = (1 - eps) * wy * np.ones(R)
+        ce = np.where(c_nll == 0, 0.0, c_nll * (logsum + (shift - xs[rows, y])))
         if eps > 0:
-            ce = ce + eps / C * -_xlogy_rowsum(w[None, :], logp)
-        zl = z * lse * lse if z > 0 else 0.0
-        loss = ce_scale * ce + z_scale * zl
-    loss = np.where(np.isfinite(lse), loss, np.nan)
-    loss_out[...] = np.where(valid, loss, 0.0)
+            # smooth = -(1/C) sum_c w_c logp_c = (wsum logsum + sum_c w_c (shift - xs_c)) / C
+            below = np.subtract(shift[:, None], xs, dtype=np.float64)
+            ce += eps / C * (wsum * logsum + _weighted_rowsum(below, w))
+            del below
+        loss = ce_scale * ce
+        if z > 0:
+            loss += z_scale * z * lse * lse
+    finite = np.isfinite(lse)
+    loss_out[...] = np.where(valid, np.where(finite, loss, np.nan), 0.0)
     if grad_out is None:
         return
 
-    g = gout if gout.size else np.full(R, gscalar)
-    a = g * ce_scale  # scale of the cross-entropy part, per row
-    b = g * z_scale   # scale of the z-loss part, per row
+    g = gout if gout.size else gscalar
+    a = g * ce_scale * np.ones(R)  # scale of the cross-entropy part, per row
+    b = g * z_scale * np.ones(R)   # scale of the z-loss part, per row
+    # d loss / d xs_c = p_c coef - a (1-eps) w_y [c == y] - a eps/C w_c, with
+    # coef = a ((1-eps) w_y + eps wsum / C) + b 2 z lse
+    coef = a * ((1 - eps) * wy + eps * wsum / C)
+    if z > 0:
+        coef = coef + b * 2 * z * lse
+    # The target column in float64 with p_y - 1 = expm1(logp_y): p_y * coef -
+    # a (1-eps) w_y cancels when p_y is near 1, which float32 cannot afford.
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(logp)
-        onehot = np.zeros_like(p)
-        onehot[rows, y] = 1.0
-        # d ce / d xs_c = (1-eps) w_y (p_c - [c == y]) + eps/C (wsum p_c - w_c)
-        d = a[:, None] * ((1 - eps) * wy[:, None] * (p - onehot))
+        pm1_y = np.expm1((xs[rows, y] - shift) - logsum)
+        g_y = a * (1 - eps) * wy * pm1_y + (pm1_y + 1) * (coef - a * (1 - eps) * wy)
         if eps > 0:
-            d += a[:, None] * (eps / C * (wsum * p - w[None, :]))
-        # d (z lse^2) / d xs_c = 2 z lse p_c
-        if z > 0:
-            d += (b * 2 * z * lse)[:, None] * p
-        if dcap is not None:
-            d = np.where(dcap == 0, 0.0, d * dcap)  # masked classes: 0
-    d[~np.isfinite(lse)] = np.nan
-    d[~valid] = 0.0
-    grad_out[...] = d
+            g_y -= a * eps / C * (w[y] if w is not None else 1.0)
+    slope = _softcap_slope(xs, softcap) if softcap else None
+    if slope is not None:
+        g_y *= slope[rows, y]
+    _probs_into(grad_out, xs, shift, logsum)  # grad_out may be X (= xs): reads are done
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad_out *= coef[:, None].astype(grad_out.dtype)
+        if eps > 0:
+            wrow = w[None, :] if w is not None else 1.0
+            grad_out -= ((a * eps / C)[:, None] * wrow).astype(grad_out.dtype)
+        if slope is not None:
+            grad_out *= slope
+    grad_out[rows, y] = g_y
+    grad_out[~finite] = np.nan
+    grad_out[~valid] = 0.0
 
 
 def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
@@ -174,34 +223,44 @@ def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
 def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
              gscalar, gout, loss_out, grad_out):
     R, C = X.shape
-    w = _weights(weight, C, X.dtype).astype(np.float64)
-    x = X.astype(np.float64)
-    xs, dcap = _softcap(x, softcap)
-    q = (1 - eps) * P.astype(np.float64) + eps / C  # smoothed target
-    wq = w[None, :] * q
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lse = _row_lse(xs)
-        logp = xs - lse[:, None]
-        ce = -_xlogy_rowsum(wq, logp)
-        zl = z * lse * lse if z > 0 else 0.0
-        loss = ce_scale * ce + z_scale * zl
-    loss_out[...] = np.where(np.isfinite(lse), loss, np.nan)
+    xs = _softcap(X, softcap)
+    # wq_c = w_c q_c with the smoothed target q = (1 - eps) P + eps / C
+    wq = (1 - eps) * P + X.dtype.type(eps / C)
+    if weight.size:
+        wq *= weight
+    shift, logsum = _row_shift_logsum(xs)
+    lse = shift + logsum
+    sum_wq = np.sum(wq, axis=1, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # ce = -sum_c wq_c logp_c = sum_c wq_c (logsum + (shift - xs_c)), 0 where wq_c = 0
+        below = np.subtract(shift[:, None], xs, dtype=np.float64)
+        below = np.where(wq == 0, 0, wq * below)
+        ce = sum_wq * logsum + np.sum(below, axis=1)
+        del below
+        loss = ce_scale * ce
+        if z > 0:
+            loss += z_scale * z * lse * lse
+    finite = np.isfinite(lse)
+    loss_out[...] = np.where(finite, loss, np.nan)
     if grad_out is None:
         return
 
-    g = gout if gout.size else np.full(R, gscalar)
-    a = g * ce_scale
-    b = g * z_scale
+    g = gout if gout.size else gscalar
+    a = g * ce_scale * np.ones(R)
+    b = g * z_scale * np.ones(R)
+    # d loss / d xs_c = p_c (a sum_k wq_k + b 2 z lse) - a wq_c
+    coef = a * sum_wq
+    if z > 0:
+        coef = coef + b * 2 * z * lse
+    slope = _softcap_slope(xs, softcap) if softcap else None
+    _probs_into(grad_out, xs, shift, logsum)
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(logp)
-        # d ce / d xs_c = p_c sum_k w_k q_k - w_c q_c
-        d = a[:, None] * (p * np.sum(wq, axis=1, keepdims=True) - wq)
-        if z > 0:
-            d += (b * 2 * z * lse)[:, None] * p
-        if dcap is not None:
-            d = np.where(dcap == 0, 0.0, d * dcap)
-    d[~np.isfinite(lse)] = np.nan
-    grad_out[...] = d
+        grad_out *= coef[:, None].astype(grad_out.dtype)
+        wq *= a[:, None].astype(wq.dtype)
+        grad_out -= wq
+        if slope is not None:
+            grad_out *= slope
+    grad_out[~finite] = np.nan
 
 
 def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
