@@ -1,0 +1,982 @@
+"""Numba kernels: the same names, arguments and semantics as ``_reference.py``.
+
+Design
+------
+* The kernel contract is the module docstring of ``_reference.py``; each public
+  function here is a thin Python wrapper (thread count, empty-input shortcut)
+  around an ``@njit(parallel=True, cache=True)`` driver that splits the rows
+  statically into one chunk per thread and runs a serial chunk function on each.
+* Fused rows: pass 1 takes the row max (``llvm.maxnum``, which skips NaN and
+  vectorises without fast-math); pass 2 writes ``e = exp(x - shift)`` into the
+  gradient row while summing ``e`` in float64; pass 3 scales the row by
+  ``1 / S`` and subtracts at the target. One exp per element, one read of the
+  logits and one write of the gradient.
+* ``exp`` is a Cephes-style polynomial (Cody-Waite reduction, ``2**n`` built
+  from exponent bits with integer ops) that LLVM vectorises to 8 float32 or
+  4 float64 lanes; libm's scalar exp is several times slower and Numba has no
+  SVML here. Measured against a float64 (float32) / long double (float64)
+  exp: max 0.99 ULP (float32) and 0.86 ULP (float64) over the normal range,
+  ``-inf -> 0``, ``+inf -> inf``, ``NaN -> NaN``, gradual underflow to 0.
+* Fast-math is never global: the exp gets ``{'nsz', 'arcp', 'contract',
+  'afn'}`` (no ``reassoc``, which would fold the range reduction away and cost
+  4.5 ULP), loops that reduce get ``'reassoc'`` added so their float64 sums
+  vectorise, and nothing gets ``nnan``/``ninf`` (NaN and inf follow the math).
+* Softcap keeps ``xs = s * tanh(x / s)`` in a per-thread float64 scratch row
+  (allocated once per chunk): later passes need both ``xs`` and ``e``, and a
+  float32 ``xs`` would already cost ~1e-6 of loss accuracy at ``s = 30``.
+* Numba itself is imported, and the kernels wrapped in ``njit``, on the first
+  call (``_ensure``): importing this module costs only ``numpy``. Each
+  signature compiles once and is cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+
+import numpy as np
+
+from ._reference import BCE_BLOCK
+
+if importlib.util.find_spec("numba") is None:  # checked cheaply, without importing it
+    raise ImportError("numba is not installed")
+
+__all__ = [
+    "logsumexp", "softmax", "log_softmax",
+    "ce_loss", "ce_loss_grad", "ce_soft_loss", "ce_soft_loss_grad",
+    "bce_loss", "bce_loss_grad", "bce_logits_loss", "bce_logits_loss_grad",
+    "threads_seen",
+]
+
+# Fast-math flag sets (see the module docstring).
+_FM_EXP = frozenset({"nsz", "arcp", "contract", "afn"})
+_FM_ELT = frozenset({"nsz", "arcp", "contract"})
+_FM_RED = frozenset({"reassoc", "nsz", "arcp", "contract"})
+
+#: Minimum elements of work per thread chunk; smaller calls run serially.
+_MIN_CHUNK_ELEMENTS = 1 << 15
+
+# Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
+_scale2n_f32 = _scale2n_f64 = _fmax = _get_thread_id = None
+prange = range
+
+_NAN = float("nan")
+_INF = float("inf")
+
+# float32 exp constants (Cephes expf): Cody-Waite split of ln 2 and the
+# polynomial for exp(r) on |r| <= ln(2)/2, ~1 ULP.
+_F32 = np.float32
+_E32_LOG2E = _F32(1.44269504088896341)
+_E32_MAGIC = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
+_E32_C1 = _F32(0.693359375)
+_E32_C2 = _F32(-2.12194440e-4)
+_E32_P0 = _F32(1.9875691500e-4)
+_E32_P1 = _F32(1.3981999507e-3)
+_E32_P2 = _F32(8.3334519073e-3)
+_E32_P3 = _F32(4.1665795894e-2)
+_E32_P4 = _F32(1.6666665459e-1)
+_E32_P5 = _F32(5.0000001201e-1)
+_E32_ONE = _F32(1.0)
+_E32_ZERO = _F32(0.0)
+_E32_INF = _F32(np.inf)
+_E32_LO = _F32(-103.972084)  # below: exp rounds to 0 (ln 2**-150)
+_E32_HI = _F32(88.7228391)   # above: exp overflows (ln FLT_MAX)
+
+# float64 exp: Cephes' Cody-Waite split; Taylor polynomial of degree 13 on
+# |r| <= ln(2)/2 (truncation 0.3466**14 / 14! = 4e-18, far below an ULP).
+_E64_MAGIC = 6755399441055744.0  # 1.5 * 2**52
+_E64_C1 = 6.93145751953125e-1
+_E64_C2 = 1.42860682030941723212e-6
+_E64_LO = -745.1332191019412  # ln 2**-1075
+_E64_HI = 709.782712893384    # ln DBL_MAX
+
+# tanh for |u| < 0.625 (Cephes tanh.c rational P/Q); larger |u| use
+# 1 - 2 / (exp(2|u|) + 1), which has no cancellation there.
+_TH_P0 = -9.64399179425052238628e-1
+_TH_P1 = -9.92877231001918586564e1
+_TH_P2 = -1.61468768441708447952e3
+_TH_Q0 = 1.12811678491632931402e2
+_TH_Q1 = 2.23548839060100448583e3
+_TH_Q2 = 4.84406305325125486048e3
+
+
+# ================================================================ helpers
+#
+# Everything below is plain Python until ``_ensure`` wraps it in ``njit`` (the
+# name tables at the end of the module say with which options); the kernels
+# look their helpers up as module globals at compile time.
+
+
+def _exp(x):
+    """``exp`` of a float32 or float64 scalar (an overload, see ``_ensure``)."""
+    raise NotImplementedError
+
+
+def _as(like, v):
+    """``v`` converted to the dtype of ``like`` (an array or a scalar; an
+    overload, see ``_ensure``)."""
+    raise NotImplementedError
+
+
+def _exp32(x):
+    t = x * _E32_LOG2E + _E32_MAGIC
+    nf = t - _E32_MAGIC  # round(x / ln 2): exact, 'reassoc' would fold it
+    r = x - nf * _E32_C1
+    r = r - nf * _E32_C2
+    z = r * r
+    p = (((((_E32_P0 * r + _E32_P1) * r + _E32_P2) * r + _E32_P3) * r
+          + _E32_P4) * r + _E32_P5) * z + r + _E32_ONE
+    y = _scale2n_f32(p, t)
+    if x < _E32_LO:
+        y = _E32_ZERO
+    if x > _E32_HI:
+        y = _E32_INF
+    return y
+
+
+def _exp64(x):
+    t = x * 1.4426950408889634 + _E64_MAGIC
+    nf = t - _E64_MAGIC
+    r = x - nf * _E64_C1
+    r = r - nf * _E64_C2
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    y = _scale2n_f64(p, t)
+    if x < _E64_LO:
+        y = 0.0
+    if x > _E64_HI:
+        y = _INF
+    return y
+
+
+def _tanh64(u):
+    """float64 ``tanh``, branch-free so that a loop over it vectorises."""
+    a = abs(u)
+    z = u * u
+    small = u + u * z * (((_TH_P0 * z + _TH_P1) * z + _TH_P2)
+                         / (((z + _TH_Q0) * z + _TH_Q1) * z + _TH_Q2))
+    big = 1.0 - 2.0 / (_exp64(2.0 * a) + 1.0)
+    if u < 0:
+        big = -big
+    return small if a < 0.625 else big
+
+
+# ------------------------------------------------------------ row helpers
+# ``v``, ``x``: IN rows; ``e``, ``g``: OUT (or IN/OUT) rows; float64 results.
+
+
+def _row_max(v):
+    """Largest element, NaN skipped (``llvm.maxnum``); NaN only if all NaN."""
+    m = v[0]
+    for c in range(1, v.shape[0]):
+        m = _fmax(m, v[c])
+    return m
+
+
+def _row_max_sum(v):
+    """``(max, sum)`` of the row, the sum in float64."""
+    m = v[0]
+    s = 0.0
+    for c in range(v.shape[0]):
+        m = _fmax(m, v[c])
+        s += np.float64(v[c])
+    return m, s
+
+
+def _row_max_wsum(v, w):
+    """``(max, sum_c w_c v_c)``, terms with ``w_c == 0`` exactly 0."""
+    m = v[0]
+    s = 0.0
+    for c in range(v.shape[0]):
+        m = _fmax(m, v[c])
+        wc = np.float64(w[c])
+        s += wc * np.float64(v[c]) if wc != 0.0 else 0.0
+    return m, s
+
+
+def _row_sumexp(v, shift, like):
+    """``sum_c exp(v_c - shift)`` in float64, the exp in ``like``'s dtype."""
+    s = 0.0
+    for c in range(v.shape[0]):
+        s += np.float64(_exp(_as(like, v[c] - shift)))
+    return s
+
+
+def _row_expstore(v, shift, e):
+    """``e_c = exp(v_c - shift)`` (``e``'s dtype); returns ``sum e`` (float64)."""
+    s = 0.0
+    for c in range(v.shape[0]):
+        ec = _exp(_as(e, v[c] - shift))
+        e[c] = ec
+        s += np.float64(ec)
+    return s
+
+
+def _row_expstore_inplace(g, shift):
+    """``g_c = exp(g_c - shift)`` in place (two distinct row arguments that
+    alias defeat LLVM's vectoriser: its runtime overlap check fails)."""
+    s = 0.0
+    for c in range(g.shape[0]):
+        ec = _exp(g[c] - shift)
+        g[c] = ec
+        s += np.float64(ec)
+    return s
+
+
+def _row_scale(g, k):
+    for c in range(g.shape[0]):
+        g[c] = g[c] * k
+
+
+def _row_scale_sub(g, k, b):
+    for c in range(g.shape[0]):
+        g[c] = g[c] * k - b
+
+
+def _row_scale_subw(g, k, b, w):
+    for c in range(g.shape[0]):
+        g[c] = g[c] * k - b * w[c]
+
+
+def _row_softcap(x, s, xs):
+    """``xs_c = s tanh(x_c / s)`` in float64, ``-inf`` kept masked."""
+    for c in range(x.shape[0]):
+        xc = np.float64(x[c])
+        v = s * _tanh64(xc / s)
+        xs[c] = v if xc != -_INF else -_INF
+
+
+def _row_capslope(g, xs, s):
+    """``g_c *= 1 - (xs_c / s)**2`` (tanh'), 0 where masked (``xs_c = -inf``)."""
+    for c in range(g.shape[0]):
+        t = xs[c] / s
+        d = 1.0 - t * t
+        d = d if d > 0.0 else 0.0
+        g[c] = np.float64(g[c]) * d
+
+
+def _row_soft_sums(v, shift, P, w, has_w, eps, C):
+    """``(Q, T)``: ``Q = sum wq``, ``T = sum_{wq != 0} wq (v - shift)`` with
+    ``wq_c = w_c ((1 - eps) P_c + eps / C)``, all in float64."""
+    q = 0.0
+    t = 0.0
+    keep = 1.0 - eps
+    add = eps / C
+    sh = np.float64(shift)
+    if has_w:
+        for c in range(v.shape[0]):
+            wq = np.float64(w[c]) * (keep * np.float64(P[c]) + add)
+            q += wq
+            t += wq * (np.float64(v[c]) - sh) if wq != 0.0 else 0.0
+    else:
+        for c in range(v.shape[0]):
+            wq = keep * np.float64(P[c]) + add
+            q += wq
+            t += wq * (np.float64(v[c]) - sh) if wq != 0.0 else 0.0
+    return q, t
+
+
+def _row_soft_grad(g, k, a, P, w, has_w, eps, C):
+    """``g_c = e_c k - a wq_c`` in float64 (``g`` holds ``e`` on entry)."""
+    keep = 1.0 - eps
+    add = eps / C
+    if has_w:
+        for c in range(g.shape[0]):
+            wq = np.float64(w[c]) * (keep * np.float64(P[c]) + add)
+            g[c] = np.float64(g[c]) * k - a * wq
+    else:
+        for c in range(g.shape[0]):
+            wq = keep * np.float64(P[c]) + add
+            g[c] = np.float64(g[c]) * k - a * wq
+
+
+def _shift_of(m):
+    """The row max when finite, else 0 (all ``-inf``, a ``+inf`` or all NaN)."""
+    return m if np.isfinite(m) else _as(m, 0.0)
+
+
+def _row_sub_into(o, x, lse):
+    for c in range(x.shape[0]):
+        o[c] = x[c] - lse
+
+
+def _row_sub_inplace(o, lse):
+    for c in range(o.shape[0]):
+        o[c] = o[c] - lse
+
+
+def _fill(o, v):
+    for c in range(o.shape[0]):
+        o[c] = v
+
+
+def _chunk(k, n, nchunks):
+    """Start of the ``k``-th of ``nchunks`` static chunks of ``range(n)``."""
+    return k * n // nchunks
+
+
+# ====================================================== softmax family rows
+
+
+def _logsumexp_rows(X, out, r0, r1):
+    for r in range(r0, r1):
+        x = X[r]
+        sh = _shift_of(_row_max(x))
+        out[r] = np.float64(sh) + np.log(_row_sumexp(x, sh, x))
+
+
+def _softmax_rows(X, out, r0, r1):
+    inplace = X.ctypes.data == out.ctypes.data
+    for r in range(r0, r1):
+        x = X[r]
+        o = out[r]
+        sh = _shift_of(_row_max(x))
+        if inplace:
+            s = _row_expstore_inplace(o, sh)
+        else:
+            s = _row_expstore(x, sh, o)
+        if np.isfinite(np.float64(sh) + np.log(s)):
+            _row_scale(o, _as(o, 1.0 / s))
+        else:
+            _fill(o, _as(o, _NAN))
+
+
+def _log_softmax_rows(X, out, r0, r1):
+    inplace = X.ctypes.data == out.ctypes.data
+    for r in range(r0, r1):
+        x = X[r]
+        o = out[r]
+        sh = _shift_of(_row_max(x))
+        lse = np.float64(sh) + np.log(_row_sumexp(x, sh, x))
+        if not np.isfinite(lse):
+            _fill(o, _as(o, _NAN))
+        elif inplace:
+            _row_sub_inplace(o, _as(o, lse))
+        else:
+            _row_sub_into(o, x, _as(o, lse))
+
+
+# ================================================ cross-entropy, int targets
+
+
+def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
+                 ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                 do_grad, r0, r1):
+    """Rows ``r0:r1`` of ``_ce_int`` (reference); ``grad_out`` unused unless
+    ``do_grad``. IN: X, target, weight, gout. OUT: loss_out, grad_out."""
+    C = X.shape[1]
+    has_w = weight.shape[0] > 0
+    has_g = gout.shape[0] > 0
+    inplace = do_grad and X.ctypes.data == grad_out.ctypes.data
+    capped = softcap != 0.0
+    smooth = eps > 0.0
+    wsum = 0.0
+    if has_w:
+        for c in range(C):
+            wsum += np.float64(weight[c])
+    else:
+        wsum = np.float64(C)
+    xs = np.empty(C if capped else 0, np.float64)  # softcapped row (scratch)
+    for r in range(r0, r1):
+        y = target[r]
+        if y == ignore_index:
+            loss_out[r] = 0.0
+            if do_grad:
+                _fill(grad_out[r], _as(grad_out, 0.0))
+            continue
+        x = X[r]
+        wy = np.float64(weight[y]) if has_w else 1.0
+        # pass 1 (max, and sum_c w_c x_c for the smoothing term); pass 2
+        # e = exp(x - shift) into the gradient row, S = sum e
+        sx = 0.0
+        if capped:
+            _row_softcap(x, softcap, xs)
+            if smooth and has_w:
+                m64, sx = _row_max_wsum(xs, weight)
+            elif smooth:
+                m64, sx = _row_max_sum(xs)
+            else:
+                m64 = _row_max(xs)
+            shift = m64 if np.isfinite(m64) else 0.0
+            xy = xs[y]
+            if do_grad:
+                s = _row_expstore(xs, shift, grad_out[r])
+            else:
+                s = _row_sumexp(xs, shift, x)
+        else:
+            if smooth and has_w:
+                m, sx = _row_max_wsum(x, weight)
+            elif smooth:
+                m, sx = _row_max_sum(x)
+            else:
+                m = _row_max(x)
+            sh = _shift_of(m)
+            shift = np.float64(sh)
+            xy = np.float64(x[y])  # read before an in-place pass 2
+            if not do_grad:
+                s = _row_sumexp(x, sh, x)
+            elif inplace:
+                s = _row_expstore_inplace(grad_out[r], sh)
+            else:
+                s = _row_expstore(x, sh, grad_out[r])
+        logs = np.log(s)
+        lse = shift + logs
+        if not np.isfinite(lse):
+            loss_out[r] = _NAN
+            if do_grad:
+                _fill(grad_out[r], _as(grad_out, _NAN))
+            continue
+        # -logp_y = lse - xs_y; -sum_c w_c logp_c = wsum lse - sum_c w_c xs_c
+        ce = (1.0 - eps) * wy * ((shift - xy) + logs)
+        if smooth:
+            ce += eps / C * (wsum * logs - (sx - shift * wsum))
+        loss = ce_scale * ce
+        if z > 0.0:
+            loss += z_scale * (z * lse * lse)
+        loss_out[r] = loss
+        if not do_grad:
+            continue
+        # pass 3: d_c = e_c K - B w_c, and -A at the target, where
+        # A = a (1-eps) w_y, B = a eps / C, K = (A + B wsum + 2 b z lse) / S
+        g = grad_out[r]
+        gn = gout[r] if has_g else gscalar
+        a = gn * ce_scale
+        A = a * (1.0 - eps) * wy
+        B = a * eps / C
+        k2 = B * wsum
+        if z > 0.0:
+            k2 += 2.0 * (gn * z_scale) * z * lse
+        k = (A + k2) / s
+        ey = np.float64(g[y])
+        if B == 0.0:
+            _row_scale(g, _as(g, k))
+        elif has_w:
+            _row_scale_subw(g, _as(g, k), _as(g, B), weight)
+        else:
+            _row_scale_sub(g, _as(g, k), _as(g, B))
+        # the target in float64, with p_y - 1 = -(S - e_y) / S: no cancellation
+        # when p_y is close to 1
+        dy = ey * (k2 / s) - A * ((s - ey) / s) - B * (wy if has_w else 1.0)
+        if capped:
+            _row_capslope(g, xs, softcap)
+            t = xs[y] / softcap
+            slope = 1.0 - t * t
+            dy = dy * slope if slope > 0.0 else 0.0
+        g[y] = dy
+
+
+# ============================================== cross-entropy, soft targets
+
+
+def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                  gscalar, gout, loss_out, grad_out, do_grad, r0, r1):
+    """Rows ``r0:r1`` of ``_ce_soft`` (reference). IN: X, P, weight, gout.
+    OUT: loss_out, grad_out (unused unless ``do_grad``)."""
+    C = X.shape[1]
+    has_w = weight.shape[0] > 0
+    has_g = gout.shape[0] > 0
+    inplace = do_grad and X.ctypes.data == grad_out.ctypes.data
+    capped = softcap != 0.0
+    xs = np.empty(C if capped else 0, np.float64)
+    for r in range(r0, r1):
+        x = X[r]
+        p = P[r]
+        if capped:
+            _row_softcap(x, softcap, xs)
+            m64 = _row_max(xs)
+            shift = m64 if np.isfinite(m64) else 0.0
+            q, t = _row_soft_sums(xs, shift, p, weight, has_w, eps, C)
+            if do_grad:
+                s = _row_expstore(xs, shift, grad_out[r])
+            else:
+                s = _row_sumexp(xs, shift, x)
+        else:
+            sh = _shift_of(_row_max(x))
+            shift = np.float64(sh)
+            q, t = _row_soft_sums(x, sh, p, weight, has_w, eps, C)
+            if not do_grad:
+                s = _row_sumexp(x, sh, x)
+            elif inplace:
+                s = _row_expstore_inplace(grad_out[r], sh)
+            else:
+                s = _row_expstore(x, sh, grad_out[r])
+        logs = np.log(s)
+        lse = shift + logs
+        if not np.isfinite(lse):
+            loss_out[r] = _NAN
+            if do_grad:
+                _fill(grad_out[r], _as(grad_out, _NAN))
+            continue
+        # -sum_c wq_c (xs_c - lse) = Q log S - sum_c wq_c (xs_c - shift)
+        loss = ce_scale * (q * logs - t)
+        if z > 0.0:
+            loss += z_scale * (z * lse * lse)
+        loss_out[r] = loss
+        if not do_grad:
+            continue
+        # d_c = a (p_c Q - wq_c) + 2 b z lse p_c = e_c K - a wq_c
+        g = grad_out[r]
+        gn = gout[r] if has_g else gscalar
+        a = gn * ce_scale
+        k = a * q
+        if z > 0.0:
+            k += 2.0 * (gn * z_scale) * z * lse
+        _row_soft_grad(g, k / s, a, p, weight, has_w, eps, C)
+        if capped:
+            _row_capslope(g, xs, softcap)
+
+
+# ====================================================== binary cross-entropy
+
+
+def _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
+                     grad_out, do_grad, b0, b1):
+    """Blocks ``b0:b1`` (of ``BCE_BLOCK`` elements) of ``_bce_prob``."""
+    n = P.shape[0]
+    has_w = W.shape[0] > 0
+    has_g = gout.shape[0] > 0
+    has_l = loss_out.shape[0] > 0
+    has_p = partial.shape[0] > 0
+    for blk in range(b0, b1):
+        i0 = blk * BCE_BLOCK
+        i1 = min(n, i0 + BCE_BLOCK)
+        acc = 0.0
+        for i in range(i0, i1):
+            p = np.float64(P[i])
+            y = np.float64(Y[i])
+            w = np.float64(W[i]) if has_w else 1.0
+            # PyTorch clamps each log at -100 (NaN stays NaN)
+            lp = math.log(p)
+            if lp < -100.0:
+                lp = -100.0
+            l1p = math.log1p(-p)
+            if l1p < -100.0:
+                l1p = -100.0
+            li = scale * (-w * (y * lp + (1.0 - y) * l1p))
+            acc += li
+            if has_l:
+                loss_out[i] = li
+            if do_grad:
+                gi = (gout[i] if has_g else gscalar) * scale
+                den = p * (1.0 - p)
+                if den < 1e-12:
+                    den = 1e-12
+                grad_out[i] = gi * w * (p - y) / den
+        if has_p:
+            partial[blk] = acc
+
+
+def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
+                       grad_out, do_grad, b0, b1):
+    """Blocks ``b0:b1`` (of ``BCE_BLOCK`` elements) of ``_bce_logits``."""
+    n = X.shape[0]
+    L = PW.shape[0]
+    has_w = W.shape[0] > 0
+    has_pw = L > 0
+    has_g = gout.shape[0] > 0
+    has_l = loss_out.shape[0] > 0
+    has_p = partial.shape[0] > 0
+    for blk in range(b0, b1):
+        i0 = blk * BCE_BLOCK
+        i1 = min(n, i0 + BCE_BLOCK)
+        j = i0 % L if has_pw else 0  # pos_weight index, i % L
+        acc = 0.0
+        for i in range(i0, i1):
+            x = np.float64(X[i])
+            y = np.float64(Y[i])
+            w = np.float64(W[i]) if has_w else 1.0
+            pw = 1.0
+            if has_pw:
+                pw = np.float64(PW[j])
+                j += 1
+                if j == L:
+                    j = 0
+            cpos = pw * y
+            cneg = 1.0 - y
+            e = _exp64(-abs(x))
+            lg = math.log1p(e)
+            sp_pos = (x if x > 0.0 else 0.0) + lg     # softplus(x)
+            sp_neg = (-x if x < 0.0 else 0.0) + lg    # softplus(-x)
+            if x != x:
+                sp_pos = x
+                sp_neg = x
+            # a term with a zero coefficient is exactly 0, even at x = +-inf
+            lpos = cpos * sp_neg if cpos != 0.0 else 0.0
+            lneg = cneg * sp_pos if cneg != 0.0 else 0.0
+            li = scale * (w * (lpos + lneg))
+            acc += li
+            if has_l:
+                loss_out[i] = li
+            if do_grad:
+                gi = (gout[i] if has_g else gscalar) * scale
+                # sigmoid(x) and sigmoid(-x) from e = exp(-|x|), no overflow
+                inv = 1.0 / (1.0 + e)
+                if x >= 0.0:
+                    sx = inv
+                    smx = e * inv
+                else:
+                    sx = e * inv
+                    smx = inv
+                grad_out[i] = gi * w * (cneg * sx - cpos * smx)
+        if has_p:
+            partial[blk] = acc
+
+
+# ================================================================ drivers
+# One static chunk per thread; a single chunk runs without a parallel region.
+
+
+def _logsumexp_par(X, out, nchunks):
+    R = X.shape[0]
+    if nchunks <= 1:
+        _logsumexp_rows(X, out, 0, R)
+        return
+    for k in prange(nchunks):
+        _logsumexp_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+
+
+def _softmax_par(X, out, nchunks):
+    R = X.shape[0]
+    if nchunks <= 1:
+        _softmax_rows(X, out, 0, R)
+        return
+    for k in prange(nchunks):
+        _softmax_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+
+
+def _log_softmax_par(X, out, nchunks):
+    R = X.shape[0]
+    if nchunks <= 1:
+        _log_softmax_rows(X, out, 0, R)
+        return
+    for k in prange(nchunks):
+        _log_softmax_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+
+
+def _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+                z_scale, gscalar, gout, loss_out, grad_out, do_grad, nchunks):
+    R = X.shape[0]
+    if nchunks <= 1:
+        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
+                     ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                     do_grad, 0, R)
+        return
+    for k in prange(nchunks):
+        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
+                     ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                     do_grad, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+
+
+def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
+                 gout, loss_out, grad_out, do_grad, nchunks):
+    R = X.shape[0]
+    if nchunks <= 1:
+        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                      gscalar, gout, loss_out, grad_out, do_grad, 0, R)
+        return
+    for k in prange(nchunks):
+        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                      gscalar, gout, loss_out, grad_out, do_grad,
+                      _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+
+
+def _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
+                  do_grad, nchunks):
+    nb = (P.shape[0] + BCE_BLOCK - 1) // BCE_BLOCK
+    if nchunks <= 1:
+        _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
+                         grad_out, do_grad, 0, nb)
+        return
+    for k in prange(nchunks):
+        _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
+                         grad_out, do_grad, _chunk(k, nb, nchunks),
+                         _chunk(k + 1, nb, nchunks))
+
+
+def _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
+                    grad_out, do_grad, nchunks):
+    nb = (X.shape[0] + BCE_BLOCK - 1) // BCE_BLOCK
+    if nchunks <= 1:
+        _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
+                           partial, grad_out, do_grad, 0, nb)
+        return
+    for k in prange(nchunks):
+        _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
+                           partial, grad_out, do_grad, _chunk(k, nb, nchunks),
+                           _chunk(k + 1, nb, nchunks))
+
+
+def _threads_seen_par(n, nslots):
+    seen = np.zeros(nslots, np.int64)
+    for k in prange(n):
+        acc = 0.0
+        for i in range(3_000_000):  # a few ms each, so no thread takes all
+            acc += math.sqrt(i + k)
+        seen[_get_thread_id()] += 1 if acc >= 0.0 else 2
+    return np.count_nonzero(seen)
+
+
+# ================================================================ jitting
+
+# name -> fastmath flags (None: none) of the serial helpers
+_SERIAL = {
+    "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_tanh64": _FM_EXP,
+    "_row_max": None, "_row_max_sum": _FM_RED, "_row_max_wsum": _FM_RED,
+    "_row_sumexp": _FM_RED, "_row_expstore": _FM_RED,
+    "_row_expstore_inplace": _FM_RED,
+    "_row_scale": _FM_ELT, "_row_scale_sub": _FM_ELT,
+    "_row_scale_subw": _FM_ELT, "_row_softcap": _FM_ELT,
+    "_row_capslope": _FM_ELT, "_row_soft_sums": _FM_RED,
+    "_row_soft_grad": _FM_ELT, "_shift_of": None,
+    "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
+    "_chunk": None,
+    "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
+    "_ce_int_rows": None, "_ce_soft_rows": None,
+    "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_RED,
+}
+_PARALLEL = (
+    "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",
+    "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
+)
+
+_lock = threading.Lock()
+_nb = None  # the numba module once _ensure has run
+
+
+def _ensure():
+    """Import Numba and wrap the kernels in ``njit`` (once; compiles nothing)."""
+    global _nb
+    if _nb is not None:
+        return _nb
+    with _lock:
+        if _nb is None:
+            _nb = _jit_all()
+    return _nb
+
+
+def _jit_all():
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
+    g = globals()
+
+    def scale2n(bits, magic_bits, bias, mant, ftype, fnty):
+        # p * 2**n, with n encoded as bits(t) - magic_bits by t = y + MAGIC;
+        # 2**n = 2**n1 * 2**n2 (n1 = floor(n/2)) reaches denormals and 2**128.
+        @intrinsic
+        def impl(typingctx, p, t):
+            sig = fnty(fnty, fnty)
+
+            def codegen(context, builder, sig, args):
+                p, t = args
+                ity = ir.IntType(bits)
+                c = lambda v: ir.Constant(ity, v)  # noqa: E731
+                # nb = n + 2048 >= 0 in range, so a logical shift halves it
+                nb = builder.sub(builder.bitcast(t, ity), c(magic_bits - 2048))
+                n1 = builder.lshr(nb, c(1))            # floor(n/2) + 1024
+                n2 = builder.sub(nb, n1)               # ceil(n/2) + 1024
+                s1 = builder.bitcast(builder.shl(builder.add(n1, c(bias - 1024)), c(mant)), ftype)
+                s2 = builder.bitcast(builder.shl(builder.add(n2, c(bias - 1024)), c(mant)), ftype)
+                return builder.fmul(builder.fmul(p, s1), s2)
+
+            return sig, codegen
+
+        return impl
+
+    g["_scale2n_f32"] = scale2n(32, 0x4B400000, 127, 23, ir.FloatType(), types.float32)
+    g["_scale2n_f64"] = scale2n(64, 0x4338000000000000, 1023, 52, ir.DoubleType(), types.float64)
+
+    @intrinsic
+    def _fmax(typingctx, a, b):
+        # llvm.maxnum: the non-NaN operand; vectorises as a reduction without
+        # fast-math flags (a compare-and-select max does not)
+        sig = a(a, b)
+
+        def codegen(context, builder, sig, args):
+            ty = args[0].type
+            fn = builder.module.declare_intrinsic("llvm.maxnum", [ty], ir.FunctionType(ty, [ty, ty]))
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+    g["_fmax"] = _fmax
+
+    @overload(_exp)
+    def _exp_ol(x):
+        if x == types.float32:
+            return lambda x: _exp32(x)
+        if x == types.float64:
+            return lambda x: _exp64(x)
+        return None
+
+    @overload(_as)
+    def _as_ol(like, v):
+        dt = like.dtype if isinstance(like, types.Array) else like
+        if dt == types.float32:
+            return lambda like, v: np.float32(v)
+        return lambda like, v: np.float64(v)
+
+    g["prange"] = numba.prange
+    g["_get_thread_id"] = numba.get_thread_id
+    for name, fm in _SERIAL.items():
+        opts = {"cache": True}
+        if fm:
+            opts["fastmath"] = set(fm)
+        g[name] = numba.njit(**opts)(g[name])
+    for name in _PARALLEL:
+        g[name] = numba.njit(cache=True, parallel=True)(g[name])
+    return numba
+
+
+def _nchunks(nb, n, nthreads):
+    """Chunks (= threads) for ``n`` rows or blocks; sets Numba's thread count."""
+    k = min(int(nthreads), nb.config.NUMBA_NUM_THREADS, n)
+    if k > 1:
+        nb.set_num_threads(k)  # thread-local in Numba
+    return max(k, 1)
+
+
+_EMPTY_F64 = np.empty(0, np.float64)
+
+
+# ========================================================== public kernels
+
+
+def logsumexp(X, out, nthreads=1):
+    """``out[n] = log(sum_c exp(X[n, c]))``."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _logsumexp_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+
+
+def softmax(X, out, nthreads=1):
+    """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _softmax_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+
+
+def log_softmax(X, out, nthreads=1):
+    """``out[n, c] = X[n, c] - logsumexp(X[n])``; non-finite lse -> NaN row."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _log_softmax_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+
+
+def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
+            ce_scale, z_scale, loss_out, nthreads=1):
+    """Per-row cross-entropy with integer targets (see ``_reference``)."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _ce_int_par(X, target, weight, int(ignore_index), float(eps), float(z),
+                float(softcap), float(ce_scale), float(z_scale), 0.0,
+                _EMPTY_F64, loss_out, X, False,
+                _nchunks(nb, X.shape[0], nthreads))
+
+
+def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
+                 ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                 nthreads=1):
+    """Per-row cross-entropy with integer targets and its gradient."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _ce_int_par(X, target, weight, int(ignore_index), float(eps), float(z),
+                float(softcap), float(ce_scale), float(z_scale),
+                float(gscalar), gout, loss_out, grad_out, True,
+                _nchunks(nb, X.shape[0], nthreads))
+
+
+def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                 loss_out, nthreads=1):
+    """Per-row cross-entropy with probability targets."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _ce_soft_par(X, P, weight, float(eps), float(z), float(softcap),
+                 float(ce_scale), float(z_scale), 0.0, _EMPTY_F64, loss_out,
+                 X, False, _nchunks(nb, X.shape[0], nthreads))
+
+
+def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                      gscalar, gout, loss_out, grad_out, nthreads=1):
+    """Per-row cross-entropy with probability targets and its gradient."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _ce_soft_par(X, P, weight, float(eps), float(z), float(softcap),
+                 float(ce_scale), float(z_scale), float(gscalar), gout,
+                 loss_out, grad_out, True, _nchunks(nb, X.shape[0], nthreads))
+
+
+def _blocks(n):
+    return (n + BCE_BLOCK - 1) // BCE_BLOCK
+
+
+def bce_loss(P, Y, W, scale, loss_out, partial, nthreads=1):
+    """``l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))``."""
+    if P.shape[0] == 0:
+        return
+    nb = _ensure()
+    _bce_prob_par(P, Y, W, float(scale), 0.0, _EMPTY_F64, loss_out, partial,
+                  P, False, _nchunks(nb, _blocks(P.shape[0]), nthreads))
+
+
+def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
+                  nthreads=1):
+    """Binary cross-entropy on probabilities and its (PyTorch) gradient."""
+    if P.shape[0] == 0:
+        return
+    nb = _ensure()
+    _bce_prob_par(P, Y, W, float(scale), float(gscalar), gout, loss_out,
+                  partial, grad_out, True,
+                  _nchunks(nb, _blocks(P.shape[0]), nthreads))
+
+
+def bce_logits_loss(X, Y, W, PW, scale, loss_out, partial, nthreads=1):
+    """Binary cross-entropy on logits, ``pos_weight`` along the last axis."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _bce_logits_par(X, Y, W, PW, float(scale), 0.0, _EMPTY_F64, loss_out,
+                    partial, X, False,
+                    _nchunks(nb, _blocks(X.shape[0]), nthreads))
+
+
+def bce_logits_loss_grad(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
+                         grad_out, nthreads=1):
+    """Binary cross-entropy on logits and its gradient."""
+    if X.shape[0] == 0:
+        return
+    nb = _ensure()
+    _bce_logits_par(X, Y, W, PW, float(scale), float(gscalar), gout,
+                    loss_out, partial, grad_out, True,
+                    _nchunks(nb, _blocks(X.shape[0]), nthreads))
+
+
+def threads_seen(nthreads):
+    """How many distinct Numba threads did work in a ``prange`` of
+    ``nthreads`` iterations run with ``nthreads`` threads (a test hook)."""
+    nb = _ensure()
+    n = max(1, min(int(nthreads), nb.config.NUMBA_NUM_THREADS))
+    nb.set_num_threads(n)
+    return int(_threads_seen_par(n, nb.config.NUMBA_NUM_THREADS + 1))
