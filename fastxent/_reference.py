@@ -281,30 +281,35 @@ def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
 
 
 def _bce_finish(l, scale, loss_out, partial):
-    l = scale * l
+    """Write ``scale * l`` per element and/or its float64 sums per block."""
+    if scale != 1:
+        l *= l.dtype.type(scale)
     if loss_out.size:
         loss_out[...] = l
     if partial.size:
-        n = l.size
-        pad = np.zeros(partial.size * BCE_BLOCK - n)
-        partial[...] = np.concatenate([l, pad]).reshape(-1, BCE_BLOCK).sum(axis=1)
+        starts = np.arange(0, l.size, BCE_BLOCK)
+        partial[...] = np.add.reduceat(l, starts, dtype=np.float64)
 
 
 def _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out):
-    p = P.astype(np.float64)
-    y = Y.astype(np.float64)
-    w = W.astype(np.float64) if W.size else 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
         # PyTorch clamps each log at -100, so p = 0 or 1 gives a finite loss
-        logp = np.maximum(np.log(p), -100.0)
-        log1mp = np.maximum(np.log1p(-p), -100.0)
-        l = -w * (y * logp + (1 - y) * log1mp)
+        logp = np.maximum(np.log(P), -100)
+        log1mp = np.maximum(np.log1p(-P), -100)
+        l = -(Y * logp + (1 - Y) * log1mp)
+    if W.size:
+        l *= W
     _bce_finish(l, scale, loss_out, partial)
     if grad_out is None:
         return
     g = (gout if gout.size else gscalar) * scale
     # PyTorch's gradient: w (p - y) / max(p (1 - p), 1e-12)
-    grad_out[...] = g * w * (p - y) / np.maximum(p * (1 - p), 1e-12)
+    with np.errstate(invalid="ignore"):
+        np.subtract(P, Y, out=grad_out)
+        grad_out /= np.maximum(P * (1 - P), P.dtype.type(1e-12))
+        if W.size:
+            grad_out *= W
+        grad_out *= np.asarray(g, dtype=grad_out.dtype)
 
 
 def bce_loss(P, Y, W, scale, loss_out, partial, nthreads=1):
@@ -318,37 +323,42 @@ def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
     _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out)
 
 
-def _softplus(x):
-    """``log(1 + exp(x))`` without overflow or cancellation."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-def _sigmoid(x):
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+def _zero_where_zero(coef, value):
+    """``coef * value``, exactly 0 where ``coef == 0`` (even if value is inf)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(coef == 0, 0, coef * value)
 
 
 def _bce_logits(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
                 grad_out):
-    x = X.astype(np.float64)
-    y = Y.astype(np.float64)
-    w = W.astype(np.float64) if W.size else 1.0
-    n = x.size
-    pw = np.resize(PW.astype(np.float64), n) if PW.size else 1.0
+    L = PW.size or 1
+    x = X.reshape(-1, L)  # rows of the last axis, so pos_weight broadcasts
+    y = Y.reshape(-1, L)
     # l = w (pw y softplus(-x) + (1 - y) softplus(x)), which equals SPEC's
-    # w ((1 - y) x + (1 + (pw - 1) y) softplus(-x)) but has no inf - inf;
-    # a term with a zero coefficient is exactly 0 even at x = +-inf.
-    cpos = pw * y
+    # w ((1 - y) x + (1 + (pw - 1) y) softplus(-x)) but never forms inf - inf:
+    # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)), exact for large |x|.
+    cpos = y * PW if PW.size else y
     cneg = 1 - y
-    with np.errstate(invalid="ignore"):
-        l = w * (np.where(cpos == 0, 0, cpos * _softplus(-x))
-                 + np.where(cneg == 0, 0, cneg * _softplus(x)))
+    e = np.exp(-np.abs(x))
+    t = np.log1p(e)
+    l = (_zero_where_zero(cpos, np.maximum(-x, 0) + t)
+         + _zero_where_zero(cneg, np.maximum(x, 0) + t)).reshape(-1)
+    if W.size:
+        l *= W
     _bce_finish(l, scale, loss_out, partial)
     if grad_out is None:
         return
     g = (gout if gout.size else gscalar) * scale
-    # dl/dx = w ((1 - y) sigmoid(x) - pw y sigmoid(-x))
-    grad_out[...] = g * w * (cneg * _sigmoid(x) - cpos * _sigmoid(-x))
+    # dl/dx = w ((1 - y) sigmoid(x) - pw y sigmoid(-x)); with q = 1 / (1 + e),
+    # sigmoid(|x|) = q and sigmoid(-|x|) = e q, neither cancelling.
+    q = 1 / (1 + e)
+    pos = x >= 0
+    sig = np.where(pos, q, e * q)
+    sig_neg = np.where(pos, e * q, q)
+    d = (cneg * sig - cpos * sig_neg).reshape(-1)
+    if W.size:
+        d *= W
+    np.multiply(d, np.asarray(g, dtype=d.dtype), out=grad_out)
 
 
 def bce_logits_loss(X, Y, W, PW, scale, loss_out, partial, nthreads=1):
