@@ -1,0 +1,543 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: cdivision=True, initializedcheck=False
+"""Cython + OpenMP kernels of fastxent (the ``"cython"`` backend).
+
+Design
+------
+Same names, arguments and argument order as ``fastxent/_reference.py``, whose
+module docstring is the kernel contract: C-contiguous validated inputs, outputs
+passed in, nothing validated or allocated here, empty optional arrays mean
+"absent", ``nthreads`` last.
+
+Layers inside this file:
+
+* the ``def`` kernels below unpack memoryviews into raw pointers and run a thin
+  ``prange(schedule='static')`` over rows (cross-entropy, softmax family) or
+  over ``BCE_BLOCK``-element blocks (binary cross-entropy);
+* each iteration calls one per-row C function from ``_kernels_simd.h``
+  (templates ``_kernels_isa.h`` / ``_kernels_rows.h``), where the math is
+  written so that gcc vectorises it: ``#pragma omp simd`` reductions and an
+  inlined Cephes-style polynomial exp.  Those functions exist in a baseline
+  and an AVX2+FMA build; the import picks one (``simd_isa()``).
+
+Per row: pass 1 the max, pass 2 ``e = exp(x - max)`` written into the output
+row while summing ``e`` in double, pass 3 rescales the row in place.  One exp
+per element, one read of the logits and one write of the gradient (which may
+be the logits themselves).  With ``softcap`` each thread gets one scratch row
+of C doubles (allocated inside ``parallel()``) holding ``s * tanh(x / s)``.
+"""
+
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc, calloc
+from libc.string cimport memset
+
+cdef extern from "_kernels_simd.h" nogil:
+    ctypedef struct fx_ce_args:
+        int64_t C
+        const void *w
+        double wsum
+        double eps, z, softcap, ce_scale, z_scale
+
+    double fx_ce_row_f32(const fx_ce_args *, const float *, int64_t, double,
+                         float *, double *)
+    double fx_ce_row_f64(const fx_ce_args *, const double *, int64_t, double,
+                         double *, double *)
+    double fx_soft_row_f32(const fx_ce_args *, const float *, const float *,
+                           double, float *, double *)
+    double fx_soft_row_f64(const fx_ce_args *, const double *, const double *,
+                           double, double *, double *)
+    double fx_lse_row_f32(const float *, int64_t)
+    double fx_lse_row_f64(const double *, int64_t)
+    void fx_softmax_row_f32(const float *, float *, int64_t)
+    void fx_softmax_row_f64(const double *, double *, int64_t)
+    void fx_log_softmax_row_f32(const float *, float *, int64_t)
+    void fx_log_softmax_row_f64(const double *, double *, int64_t)
+    double fx_bce_block_f32(const float *, const float *, const float *,
+                            double, const double *, double, float *, float *,
+                            int64_t)
+    double fx_bce_block_f64(const double *, const double *, const double *,
+                            double, const double *, double, double *,
+                            double *, int64_t)
+    double fx_bcel_block_f32(const float *, const float *, const float *,
+                             const float *, int64_t, int64_t, double,
+                             const double *, double, float *, float *,
+                             int64_t)
+    double fx_bcel_block_f64(const double *, const double *, const double *,
+                             const double *, int64_t, int64_t, double,
+                             const double *, double, double *, double *,
+                             int64_t)
+    float fx_expf_any(float)
+    double fx_exp_any(double)
+    const char *fx_select(int want_avx2)
+    const char *fx_isa()
+    int fx_cpu_has_avx2()
+    int fx_openmp()
+    int fx_thread_num()
+
+
+ctypedef fused floating:
+    float
+    double
+
+#: Elements per partial sum of the binary cross-entropy kernels (all backends).
+BCE_BLOCK = 16384
+cdef int64_t _BCE_BLOCK = 16384
+
+# Below this many elements per thread, extra threads cost more than they save
+# (an OpenMP fork/join is a few microseconds, about 16K exps at 0.5 ns).
+cdef int64_t _MIN_WORK_PER_THREAD = 16384
+
+fx_select(1)
+
+
+# ------------------------------------------------------------ introspection
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP (prange runs threads)."""
+    return bool(fx_openmp())
+
+
+def simd_isa():
+    """The instruction set the kernels run on here: ``"avx2+fma"`` or ``"sse2"``."""
+    return fx_isa().decode()
+
+
+def _set_simd_isa(name):
+    """Testing aid: force ``"baseline"`` or go back to ``"best"``; returns the ISA."""
+    return fx_select(0 if name == "baseline" else 1).decode()
+
+
+def _exp_f32(float x):
+    """The kernels' float32 exp on one value (accuracy tests)."""
+    return fx_expf_any(x)
+
+
+def _exp_f64(double x):
+    """The kernels' float64 exp on one value (accuracy tests)."""
+    return fx_exp_any(x)
+
+
+cdef double _spin(Py_ssize_t i) noexcept nogil:
+    cdef double acc = 0.0
+    cdef int k
+    for k in range(20000):
+        acc = acc * 0.999999 + (i + k) * 1e-9
+    return acc
+
+
+def threads_seen(int nthreads):
+    """Run a prange with ``nthreads`` threads; return how many distinct
+    OpenMP threads actually did work (1 without OpenMP)."""
+    cdef int n = nthreads if nthreads > 0 else 1
+    cdef int *seen = <int *>calloc(n, sizeof(int))
+    cdef Py_ssize_t i, iters = 16 * n
+    cdef int tid, count = 0
+    cdef double acc = 0.0
+    if seen == NULL:
+        raise MemoryError()
+    with nogil:
+        for i in prange(iters, schedule='static', chunksize=1, num_threads=n):
+            tid = fx_thread_num()
+            if tid < n:
+                seen[tid] = 1
+            acc += _spin(i)
+    for i in range(n):
+        count += seen[i]
+    free(seen)
+    return count
+
+
+# ------------------------------------------------------------------ helpers
+
+
+cdef inline int _threads(int nthreads, int64_t work) noexcept nogil:
+    """Threads to use: at most ``nthreads``, at least 1, and no more than one
+    per ``_MIN_WORK_PER_THREAD`` elements."""
+    cdef int64_t cap = work // _MIN_WORK_PER_THREAD
+    if nthreads < 1:
+        nthreads = 1
+    if cap < 1:
+        cap = 1
+    return <int>(nthreads if nthreads < cap else cap)
+
+
+cdef inline bint _absent(a):
+    return a is None or a.size == 0
+
+
+# ------------------------------------------------------------ softmax family
+
+
+def logsumexp(const floating[:, ::1] X, out, int nthreads=1):
+    """``out[n] = log(sum_c exp(X[n, c]))`` (out: float32 or float64)."""
+    cdef Py_ssize_t R = X.shape[0], i
+    cdef int64_t C = X.shape[1]
+    cdef double[::1] o64
+    cdef float[::1] o32
+    cdef double *p64 = NULL
+    cdef float *p32 = NULL
+    cdef int nt = _threads(nthreads, R * C)
+    if R == 0:
+        return
+    if out.dtype.itemsize == 8:
+        o64 = out
+        p64 = &o64[0]
+    else:
+        o32 = out
+        p32 = &o32[0]
+    cdef const floating *x = &X[0, 0]
+    cdef double v
+    with nogil:
+        for i in prange(R, schedule='static', num_threads=nt):
+            if floating is float:
+                v = fx_lse_row_f32(x + i * C, C)
+            else:
+                v = fx_lse_row_f64(x + i * C, C)
+            if p64 != NULL:
+                p64[i] = v
+            else:
+                p32[i] = <float>v
+
+
+def softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
+    """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; out may be X."""
+    cdef Py_ssize_t R = X.shape[0], i
+    cdef int64_t C = X.shape[1]
+    cdef int nt = _threads(nthreads, R * C)
+    if R == 0 or C == 0:
+        return
+    cdef const floating *x = &X[0, 0]
+    cdef floating *o = &out[0, 0]
+    with nogil:
+        for i in prange(R, schedule='static', num_threads=nt):
+            if floating is float:
+                fx_softmax_row_f32(x + i * C, o + i * C, C)
+            else:
+                fx_softmax_row_f64(x + i * C, o + i * C, C)
+
+
+def log_softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
+    """``out[n, c] = X[n, c] - logsumexp(X[n])``; out may be X."""
+    cdef Py_ssize_t R = X.shape[0], i
+    cdef int64_t C = X.shape[1]
+    cdef int nt = _threads(nthreads, R * C)
+    if R == 0 or C == 0:
+        return
+    cdef const floating *x = &X[0, 0]
+    cdef floating *o = &out[0, 0]
+    with nogil:
+        for i in prange(R, schedule='static', num_threads=nt):
+            if floating is float:
+                fx_log_softmax_row_f32(x + i * C, o + i * C, C)
+            else:
+                fx_log_softmax_row_f64(x + i * C, o + i * C, C)
+
+
+# ------------------------------------------------ cross-entropy, int targets
+
+
+cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
+                 weight, int64_t ignore_index, double eps, double z,
+                 double softcap, double ce_scale, double z_scale,
+                 double gscalar, gout, loss_out, floating *g,
+                 int nthreads) except -1:
+    cdef Py_ssize_t R = X.shape[0], i
+    cdef int64_t C = X.shape[1]
+    cdef fx_ce_args A
+    cdef const floating[::1] wv
+    cdef const double[::1] gv
+    cdef double[::1] lv
+    cdef const double *gp = NULL
+    cdef double *lp = NULL
+    cdef const floating *x
+    cdef const int64_t *t = NULL
+    cdef double *scratch = NULL
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    cdef int64_t yi, c
+    cdef double loss, gn
+    cdef int nt = _threads(nthreads, R * C)
+    if R == 0 or C == 0:
+        return 0
+    A.C = C
+    A.w = NULL
+    A.wsum = <double>C
+    A.eps = eps
+    A.z = z
+    A.softcap = softcap
+    A.ce_scale = ce_scale
+    A.z_scale = z_scale
+    if not _absent(weight):
+        wv = weight
+        A.w = &wv[0]
+        A.wsum = 0.0
+        for c in range(C):
+            A.wsum += wv[c]
+    if not _absent(gout):
+        gv = gout
+        gp = &gv[0]
+    if not _absent(loss_out):
+        lv = loss_out
+        lp = &lv[0]
+    x = &X[0, 0]
+    t = &target[0]
+    with nogil, parallel(num_threads=nt):
+        scratch = NULL
+        if softcap != 0.0:
+            scratch = <double *>malloc(C * sizeof(double))
+            if scratch == NULL:
+                pfailed[0] = 1
+        for i in prange(R, schedule='static'):
+            yi = t[i]
+            if yi == ignore_index or (softcap != 0.0 and scratch == NULL):
+                loss = 0.0
+                if g != NULL:
+                    memset(g + i * C, 0, C * sizeof(floating))
+            else:
+                gn = gp[i] if gp != NULL else gscalar
+                if floating is float:
+                    loss = fx_ce_row_f32(&A, x + i * C, yi, gn,
+                                         g + i * C if g != NULL else NULL,
+                                         scratch)
+                else:
+                    loss = fx_ce_row_f64(&A, x + i * C, yi, gn,
+                                         g + i * C if g != NULL else NULL,
+                                         scratch)
+            if lp != NULL:
+                lp[i] = loss
+        free(scratch)
+    if failed:
+        raise MemoryError("fastxent: no memory for the softcap scratch rows")
+    return 0
+
+
+def ce_loss(const floating[:, ::1] X, const int64_t[::1] target, weight,
+            int64_t ignore_index, double eps, double z, double softcap,
+            double ce_scale, double z_scale, loss_out, int nthreads=1):
+    """Per-row cross-entropy with integer targets (see the module docstring)."""
+    _ce_int(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+            z_scale, 0.0, None, loss_out, <floating *>NULL, nthreads)
+
+
+def ce_loss_grad(const floating[:, ::1] X, const int64_t[::1] target, weight,
+                 int64_t ignore_index, double eps, double z, double softcap,
+                 double ce_scale, double z_scale, double gscalar, gout,
+                 loss_out, floating[:, ::1] grad_out, int nthreads=1):
+    """Per-row cross-entropy with integer targets and its gradient
+    (``grad_out`` may be ``X``)."""
+    cdef floating *g = NULL
+    if grad_out.shape[0] > 0 and grad_out.shape[1] > 0:
+        g = &grad_out[0, 0]
+    _ce_int(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+            z_scale, gscalar, gout, loss_out, g, nthreads)
+
+
+# ----------------------------------------------- cross-entropy, soft targets
+
+
+cdef int _ce_soft(const floating[:, ::1] X, const floating[:, ::1] P,
+                  weight, double eps, double z, double softcap,
+                  double ce_scale, double z_scale, double gscalar, gout,
+                  loss_out, floating *g, int nthreads) except -1:
+    cdef Py_ssize_t R = X.shape[0], i
+    cdef int64_t C = X.shape[1]
+    cdef fx_ce_args A
+    cdef const floating[::1] wv
+    cdef const double[::1] gv
+    cdef double[::1] lv
+    cdef const double *gp = NULL
+    cdef double *lp = NULL
+    cdef const floating *x
+    cdef const floating *p
+    cdef double *scratch = NULL
+    cdef int failed = 0
+    cdef int *pfailed = &failed
+    cdef double loss, gn
+    cdef int nt = _threads(nthreads, R * C)
+    if R == 0 or C == 0:
+        return 0
+    A.C = C
+    A.w = NULL
+    A.wsum = <double>C
+    A.eps = eps
+    A.z = z
+    A.softcap = softcap
+    A.ce_scale = ce_scale
+    A.z_scale = z_scale
+    if not _absent(weight):
+        wv = weight
+        A.w = &wv[0]
+    if not _absent(gout):
+        gv = gout
+        gp = &gv[0]
+    if not _absent(loss_out):
+        lv = loss_out
+        lp = &lv[0]
+    x = &X[0, 0]
+    p = &P[0, 0]
+    with nogil, parallel(num_threads=nt):
+        scratch = NULL
+        if softcap != 0.0:
+            scratch = <double *>malloc(C * sizeof(double))
+            if scratch == NULL:
+                pfailed[0] = 1
+        for i in prange(R, schedule='static'):
+            if softcap != 0.0 and scratch == NULL:
+                loss = 0.0
+            else:
+                gn = gp[i] if gp != NULL else gscalar
+                if floating is float:
+                    loss = fx_soft_row_f32(&A, x + i * C, p + i * C, gn,
+                                           g + i * C if g != NULL else NULL,
+                                           scratch)
+                else:
+                    loss = fx_soft_row_f64(&A, x + i * C, p + i * C, gn,
+                                           g + i * C if g != NULL else NULL,
+                                           scratch)
+            if lp != NULL:
+                lp[i] = loss
+        free(scratch)
+    if failed:
+        raise MemoryError("fastxent: no memory for the softcap scratch rows")
+    return 0
+
+
+def ce_soft_loss(const floating[:, ::1] X, const floating[:, ::1] P, weight,
+                 double eps, double z, double softcap, double ce_scale,
+                 double z_scale, loss_out, int nthreads=1):
+    """Per-row cross-entropy with probability targets."""
+    _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale, 0.0, None,
+             loss_out, <floating *>NULL, nthreads)
+
+
+def ce_soft_loss_grad(const floating[:, ::1] X, const floating[:, ::1] P,
+                      weight, double eps, double z, double softcap,
+                      double ce_scale, double z_scale, double gscalar, gout,
+                      loss_out, floating[:, ::1] grad_out, int nthreads=1):
+    """Per-row cross-entropy with probability targets and its gradient."""
+    cdef floating *g = NULL
+    if grad_out.shape[0] > 0 and grad_out.shape[1] > 0:
+        g = &grad_out[0, 0]
+    _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar, gout,
+             loss_out, g, nthreads)
+
+
+# ------------------------------------------------------ binary cross-entropy
+
+
+cdef int _bce(bint logits, const floating[::1] A, const floating[::1] Y, W,
+              PW, double scale, double gscalar, gout, loss_out, partial,
+              floating *g, int nthreads) except -1:
+    """Shared driver: one prange iteration per BCE_BLOCK elements."""
+    cdef int64_t n = A.shape[0], L = 0, nb, i0, m
+    cdef Py_ssize_t b
+    cdef const floating[::1] wv
+    cdef const floating[::1] pwv
+    cdef const double[::1] gv
+    cdef floating[::1] lv
+    cdef double[::1] sv
+    cdef const floating *wp = NULL
+    cdef const floating *pwp = NULL
+    cdef const double *gp = NULL
+    cdef floating *lp = NULL
+    cdef double *sp = NULL
+    cdef const floating *a
+    cdef const floating *y
+    cdef double s
+    cdef int nt = _threads(nthreads, n)
+    if n == 0:
+        return 0
+    if not _absent(W):
+        wv = W
+        wp = &wv[0]
+    if logits and not _absent(PW):
+        pwv = PW
+        pwp = &pwv[0]
+        L = pwv.shape[0]
+    if not _absent(gout):
+        gv = gout
+        gp = &gv[0]
+    if not _absent(loss_out):
+        lv = loss_out
+        lp = &lv[0]
+    if not _absent(partial):
+        sv = partial
+        sp = &sv[0]
+    a = &A[0]
+    y = &Y[0]
+    nb = (n + _BCE_BLOCK - 1) // _BCE_BLOCK
+    if nt > nb:
+        nt = <int>nb
+    with nogil:
+        for b in prange(nb, schedule='static', num_threads=nt):
+            i0 = b * _BCE_BLOCK
+            m = n - i0
+            if m > _BCE_BLOCK:
+                m = _BCE_BLOCK
+            if floating is float:
+                if logits:
+                    s = fx_bcel_block_f32(
+                        a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
+                        L, i0, scale, gp + i0 if gp != NULL else NULL,
+                        gscalar, lp + i0 if lp != NULL else NULL,
+                        g + i0 if g != NULL else NULL, m)
+                else:
+                    s = fx_bce_block_f32(
+                        a + i0, y + i0, wp + i0 if wp != NULL else NULL,
+                        scale, gp + i0 if gp != NULL else NULL, gscalar,
+                        lp + i0 if lp != NULL else NULL,
+                        g + i0 if g != NULL else NULL, m)
+            else:
+                if logits:
+                    s = fx_bcel_block_f64(
+                        a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
+                        L, i0, scale, gp + i0 if gp != NULL else NULL,
+                        gscalar, lp + i0 if lp != NULL else NULL,
+                        g + i0 if g != NULL else NULL, m)
+                else:
+                    s = fx_bce_block_f64(
+                        a + i0, y + i0, wp + i0 if wp != NULL else NULL,
+                        scale, gp + i0 if gp != NULL else NULL, gscalar,
+                        lp + i0 if lp != NULL else NULL,
+                        g + i0 if g != NULL else NULL, m)
+            if sp != NULL:
+                sp[b] = s
+    return 0
+
+
+def bce_loss(const floating[::1] P, const floating[::1] Y, W, double scale,
+             loss_out, partial, int nthreads=1):
+    """``l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))``."""
+    _bce(False, P, Y, W, None, scale, 0.0, None, loss_out, partial,
+         <floating *>NULL, nthreads)
+
+
+def bce_loss_grad(const floating[::1] P, const floating[::1] Y, W,
+                  double scale, double gscalar, gout, loss_out, partial,
+                  floating[::1] grad_out, int nthreads=1):
+    """Binary cross-entropy on probabilities and its (PyTorch) gradient."""
+    cdef floating *g = NULL
+    if grad_out.shape[0] > 0:
+        g = &grad_out[0]
+    _bce(False, P, Y, W, None, scale, gscalar, gout, loss_out, partial, g,
+         nthreads)
+
+
+def bce_logits_loss(const floating[::1] X, const floating[::1] Y, W, PW,
+                    double scale, loss_out, partial, int nthreads=1):
+    """Binary cross-entropy on logits, ``pos_weight`` along the last axis."""
+    _bce(True, X, Y, W, PW, scale, 0.0, None, loss_out, partial,
+         <floating *>NULL, nthreads)
+
+
+def bce_logits_loss_grad(const floating[::1] X, const floating[::1] Y, W, PW,
+                         double scale, double gscalar, gout, loss_out,
+                         partial, floating[::1] grad_out, int nthreads=1):
+    """Binary cross-entropy on logits and its gradient."""
+    cdef floating *g = NULL
+    if grad_out.shape[0] > 0:
+        g = &grad_out[0]
+    _bce(True, X, Y, W, PW, scale, gscalar, gout, loss_out, partial, g,
+         nthreads)

@@ -1,0 +1,436 @@
+/* fastxent: per-row kernels for one (dtype, ISA) pair.  Template header,
+ * included by _kernels_isa.h with FX_T (float/double), FX_TS (f32/f64),
+ * FX_EXPT (exp in FX_T), FX_FMAT (fma in FX_T).  No include guard.
+ *
+ * Row rule (see fastxent/_reference.py): m = max(xs), shift = m if finite else
+ * 0, S = sum exp(xs - shift) accumulated in double, lse = shift + log(S).
+ * One exp per element: pass 2 writes e = exp(xs - shift) into the output row
+ * while summing it, pass 3 rescales that row in place.  Everything a row needs
+ * from x is read in passes 1-2, before pass 2 overwrites it, so the gradient
+ * may be written over the logits (grad_out is X).
+ *
+ * Softcap: xs = s * tanh(x / s) is computed once per element in double into a
+ * per-thread scratch row of C doubles (the caller allocates it); passes 2-3
+ * read xs from there, and the chain factor 1 - (xs / s)**2 in pass 3.
+ */
+
+#define FX_N(name) FX_CAT3(name, FX_TS, FX_ISA)
+#define FX_INL static inline __attribute__((always_inline)) FX_TARGET
+
+/* ------------------------------------------------------------ passes */
+
+/* pass 1: the row max (NaN is skipped here; it propagates through S) */
+FX_INL FX_T FX_N(fx_rowmax)(const FX_T *x, int64_t n)
+{
+    FX_T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* pass 2: S = sum exp(x - sh); e written to out unless out is NULL.
+ * With sm != NULL also sm = sum_{w_c != 0} w_c (x_c - sh) (w NULL: all ones),
+ * the label-smoothing sum, taken with the row shift so that the loss is a
+ * sum of two non-negative terms (no cancellation). */
+FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n)
+{
+    double s = 0.0;
+    if (out) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) {
+            FX_T e = FX_EXPT(x[i] - sh);
+            out[i] = e;
+            s += (double)e;
+        }
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++)
+            s += (double)FX_EXPT(x[i] - sh);
+    }
+    return s;
+}
+
+FX_INL double FX_N(fx_sumexp_sm)(const FX_T *x, FX_T sh, const FX_T *w,
+                                 FX_T *out, int64_t n, double *sm_out)
+{
+    double s = 0.0, sm = 0.0;
+    const double shd = (double)sh;
+    if (w) {
+#pragma omp simd reduction(+ : s, sm)
+        for (int64_t i = 0; i < n; i++) {
+            double xi = (double)x[i], wi = (double)w[i];
+            FX_T e = FX_EXPT(x[i] - sh);
+            if (out)
+                out[i] = e;
+            s += (double)e;
+            sm += wi != 0.0 ? wi * (xi - shd) : 0.0;
+        }
+    } else {
+#pragma omp simd reduction(+ : s, sm)
+        for (int64_t i = 0; i < n; i++) {
+            double xi = (double)x[i];
+            FX_T e = FX_EXPT(x[i] - sh);
+            if (out)
+                out[i] = e;
+            s += (double)e;
+            sm += xi - shd;
+        }
+    }
+    *sm_out = sm;
+    return s;
+}
+
+/* softcap pass 1: xs[c] = s tanh(x_c / s) in double (-inf stays -inf),
+ * returns max(xs) */
+FX_INL double FX_N(fx_capfill)(const FX_T *x, double s, double *xs, int64_t n)
+{
+    double m = -INFINITY;
+    const double inv = 1.0 / s;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; i++) {
+        double xi = (double)x[i];
+        double v = s * FX_I(fx_tanh)(xi * inv);
+        v = xi == -INFINITY ? -INFINITY : v;
+        xs[i] = v;
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+/* softcap pass 2 on the double scratch row; e stored (as FX_T) when out */
+FX_INL double FX_N(fx_capsumexp)(const double *xs, double sh, const FX_T *w,
+                                 int smooth, FX_T *out, int64_t n,
+                                 double *sm_out)
+{
+    double s = 0.0, sm = 0.0;
+#pragma omp simd reduction(+ : s, sm)
+    for (int64_t i = 0; i < n; i++) {
+        double d = xs[i] - sh;
+        double e = FX_I(fx_exp)(d);
+        if (out)
+            out[i] = (FX_T)e;
+        s += e;
+        if (smooth) {
+            double wi = w ? (double)w[i] : 1.0;
+            sm += wi != 0.0 ? wi * d : 0.0;
+        }
+    }
+    *sm_out = sm;
+    return s;
+}
+
+/* d(xs)/dx = 1 - tanh**2 = 1 - (xs/s)**2; 0 for a masked (-inf) class */
+FX_INL double FX_N(fx_dcap)(double xs, double inv)
+{
+    double t = xs * inv;
+    double dc = 1.0 - t * t;
+    return xs == -INFINITY ? 0.0 : dc;
+}
+
+/* ---------------------------------------------- cross-entropy, int target */
+
+/* One row: returns the scaled loss; writes the gradient row into g unless g
+ * is NULL (g may be x).  xs: C doubles of scratch, used only with softcap. */
+static FX_TARGET double
+FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
+                FX_T *g, double *xs)
+{
+    const int64_t C = A->C;
+    const FX_T *w = (const FX_T *)A->w;
+    const double eps = A->eps, s = A->softcap;
+    const int smooth = eps > 0.0;
+    double shift, S, xy, sm = 0.0;
+
+    if (s == 0.0) {
+        FX_T m = FX_N(fx_rowmax)(x, C);
+        FX_T sh = isfinite(m) ? m : (FX_T)0;
+        xy = (double)x[y] - (double)sh; /* read before x may be overwritten */
+        if (smooth)
+            S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, &sm);
+        else
+            S = FX_N(fx_sumexp)(x, sh, g, C);
+        shift = (double)sh;
+    } else {
+        double m = FX_N(fx_capfill)(x, s, xs, C);
+        shift = isfinite(m) ? m : 0.0;
+        xy = xs[y] - shift;
+        S = FX_N(fx_capsumexp)(xs, shift, w, smooth, g, C, &sm);
+    }
+    const double logS = log(S);
+    const double lse = shift + logS;
+    if (!isfinite(lse)) {
+        if (g)
+            for (int64_t i = 0; i < C; i++)
+                g[i] = (FX_T)NAN;
+        return NAN;
+    }
+    const double wy = w ? (double)w[y] : 1.0;
+    /* nll = lse - xs_y; smooth = sum_c w_c (lse - xs_c) = wsum logS - sm */
+    const double cnll = (1.0 - eps) * wy;  /* 0 * inf := 0 (zero coefficient) */
+    double ce = cnll == 0.0 ? 0.0 : cnll * (logS - xy);
+    if (smooth)
+        ce = ce + eps / (double)C * (A->wsum * logS - sm);
+    double loss = A->ce_scale * ce;
+    if (A->z > 0.0)
+        loss += A->z_scale * A->z * lse * lse;
+    if (!g)
+        return loss;
+
+    /* d_c = p_c K - cw w_c - [c == y] a (1 - eps) w_y, p_c = e_c / S */
+    const double a = gn * A->ce_scale, b = gn * A->z_scale;
+    double K = a * (1.0 - eps) * wy;
+    if (smooth)
+        K += a * (eps / (double)C * A->wsum);
+    if (A->z > 0.0)
+        K += b * 2.0 * A->z * lse;
+    const double ks = K / S;
+    const double cw = smooth ? a * eps / (double)C : 0.0;
+    const double ey = (double)g[y];
+    const FX_T ksT = (FX_T)ks;
+    if (s == 0.0) {
+        if (!smooth) {
+#pragma omp simd
+            for (int64_t i = 0; i < C; i++)
+                g[i] = g[i] * ksT;
+        } else if (w) {
+            /* in double: p_c K and cw w_c cancel at the argmax (e = 1) when
+             * the target's weight is 0 */
+#pragma omp simd
+            for (int64_t i = 0; i < C; i++)
+                g[i] = (FX_T)((double)g[i] * ks - cw * (double)w[i]);
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < C; i++)
+                g[i] = (FX_T)((double)g[i] * ks - cw);
+        }
+    } else {
+        const double inv = 1.0 / s;
+#pragma omp simd
+        for (int64_t i = 0; i < C; i++) {
+            double wi = w ? (double)w[i] : 1.0;
+            double d = (double)g[i] * ks - cw * wi;
+            double dc = FX_N(fx_dcap)(xs[i], inv);
+            g[i] = (FX_T)(dc == 0.0 ? 0.0 : d * dc);
+        }
+    }
+    /* the target element in double: p_y - 1 cancels when p_y ~ 1 */
+    double dy = ey * ks - a * (1.0 - eps) * wy - cw * wy;
+    if (s != 0.0) {
+        double dc = FX_N(fx_dcap)(xs[y], 1.0 / s);
+        dy = dc == 0.0 ? 0.0 : dy * dc;
+    }
+    g[y] = (FX_T)dy;
+    return loss;
+}
+
+/* --------------------------------------------- cross-entropy, soft target */
+
+/* q_c = (1 - eps) P_c + eps / C, wq_c = w_c q_c.  Loss = -sum wq (xs - lse)
+ * = wqsum logS - sum_{wq != 0} wq (xs - shift): two non-negative terms.
+ * Gradient d_c = p_c K - a wq_c, K = a wqsum + 2 b z lse. */
+static FX_TARGET double
+FX_N(fx_soft_row)(const fx_ce_args *A, const FX_T *x, const FX_T *P, double gn,
+                  FX_T *g, double *xs)
+{
+    const int64_t C = A->C;
+    const FX_T *w = (const FX_T *)A->w;
+    const double eps = A->eps, s = A->softcap;
+    const double c1 = 1.0 - eps, c0 = eps / (double)C;
+    double shift, S = 0.0, wqs = 0.0, sm = 0.0;
+
+    if (s == 0.0) {
+        FX_T m = FX_N(fx_rowmax)(x, C);
+        FX_T sh = isfinite(m) ? m : (FX_T)0;
+        const double shd = (double)sh;
+#pragma omp simd reduction(+ : S, wqs, sm)
+        for (int64_t i = 0; i < C; i++) {
+            double wq = c1 * (double)P[i] + c0;
+            if (w)
+                wq *= (double)w[i];
+            double xi = (double)x[i];
+            FX_T e = FX_EXPT(x[i] - sh);
+            if (g)
+                g[i] = e;
+            S += (double)e;
+            wqs += wq;
+            sm += wq != 0.0 ? wq * (xi - shd) : 0.0;
+        }
+        shift = shd;
+    } else {
+        double m = FX_N(fx_capfill)(x, s, xs, C);
+        shift = isfinite(m) ? m : 0.0;
+#pragma omp simd reduction(+ : S, wqs, sm)
+        for (int64_t i = 0; i < C; i++) {
+            double wq = c1 * (double)P[i] + c0;
+            if (w)
+                wq *= (double)w[i];
+            double d = xs[i] - shift;
+            double e = FX_I(fx_exp)(d);
+            if (g)
+                g[i] = (FX_T)e;
+            S += e;
+            wqs += wq;
+            sm += wq != 0.0 ? wq * d : 0.0;
+        }
+    }
+    const double logS = log(S);
+    const double lse = shift + logS;
+    if (!isfinite(lse)) {
+        if (g)
+            for (int64_t i = 0; i < C; i++)
+                g[i] = (FX_T)NAN;
+        return NAN;
+    }
+    const double ce = wqs * logS - sm;
+    double loss = A->ce_scale * ce;
+    if (A->z > 0.0)
+        loss += A->z_scale * A->z * lse * lse;
+    if (!g)
+        return loss;
+    const double a = gn * A->ce_scale, b = gn * A->z_scale;
+    double K = a * wqs;
+    if (A->z > 0.0)
+        K += b * 2.0 * A->z * lse;
+    const double ks = K / S;
+    if (s == 0.0) {
+#pragma omp simd
+        for (int64_t i = 0; i < C; i++) {
+            double wq = c1 * (double)P[i] + c0;
+            if (w)
+                wq *= (double)w[i];
+            g[i] = (FX_T)((double)g[i] * ks - a * wq);
+        }
+    } else {
+        const double inv = 1.0 / s;
+#pragma omp simd
+        for (int64_t i = 0; i < C; i++) {
+            double wq = c1 * (double)P[i] + c0;
+            if (w)
+                wq *= (double)w[i];
+            double d = (double)g[i] * ks - a * wq;
+            double dc = FX_N(fx_dcap)(xs[i], inv);
+            g[i] = (FX_T)(dc == 0.0 ? 0.0 : d * dc);
+        }
+    }
+    return loss;
+}
+
+/* ---------------------------------------------------------- softmax family */
+
+static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C)
+{
+    FX_T m = FX_N(fx_rowmax)(x, C);
+    FX_T sh = isfinite(m) ? m : (FX_T)0;
+    return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C));
+}
+
+static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C)
+{
+    FX_T m = FX_N(fx_rowmax)(x, C);
+    FX_T sh = isfinite(m) ? m : (FX_T)0;
+    double S = FX_N(fx_sumexp)(x, sh, out, C);
+    double lse = (double)sh + log(S);
+    const FX_T f = isfinite(lse) ? (FX_T)(1.0 / S) : (FX_T)NAN;
+#pragma omp simd
+    for (int64_t i = 0; i < C; i++)
+        out[i] = out[i] * f;  /* NaN * 0 = NaN: a non-finite row is all NaN */
+}
+
+/* out = (x - shift) - logS: exact in structure even where |shift| >> logS
+ * (x - (float)lse would lose logS to the rounding of lse) */
+static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
+                                               int64_t C)
+{
+    FX_T m = FX_N(fx_rowmax)(x, C);
+    FX_T sh = isfinite(m) ? m : (FX_T)0;
+    double logS = log(FX_N(fx_sumexp)(x, sh, NULL, C));
+    if (!isfinite((double)sh + logS)) {
+        for (int64_t i = 0; i < C; i++)
+            out[i] = (FX_T)NAN;
+        return;
+    }
+    const FX_T l = (FX_T)logS;
+#pragma omp simd
+    for (int64_t i = 0; i < C; i++)
+        out[i] = (x[i] - sh) - l;
+}
+
+/* ------------------------------------------------ binary cross-entropy */
+
+/* One block of n elements (pointers already offset to the block start).
+ * Evaluated in double with libm (as the float64 reference); returns the sum of
+ * scale * l_i over the block.  lossp / grad may be NULL; gout NULL means
+ * gscalar; w NULL means 1. */
+static FX_TARGET double
+FX_N(fx_bce_block)(const FX_T *p, const FX_T *y, const FX_T *w, double scale,
+                   const double *gout, double gscalar, FX_T *lossp, FX_T *grad,
+                   int64_t n)
+{
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double pi = (double)p[i], yi = (double)y[i];
+        double wi = w ? (double)w[i] : 1.0;
+        double lp = log(pi), l1p = log1p(-pi);
+        lp = lp < -100.0 ? -100.0 : lp;    /* np.maximum: NaN propagates */
+        l1p = l1p < -100.0 ? -100.0 : l1p;
+        double l = scale * (-wi * (yi * lp + (1.0 - yi) * l1p));
+        if (lossp)
+            lossp[i] = (FX_T)l;
+        acc += l;
+        if (grad) {
+            double g = (gout ? gout[i] : gscalar) * scale;
+            double den = pi * (1.0 - pi);
+            den = den < 1e-12 ? 1e-12 : den;
+            grad[i] = (FX_T)(g * wi * (pi - yi) / den);
+        }
+    }
+    return acc;
+}
+
+/* log(1 + exp(x)) without overflow; NaN propagates */
+static inline FX_TARGET double FX_N(fx_softplus)(double x)
+{
+    double mx = x < 0.0 ? 0.0 : x;
+    return mx + log1p(exp(-fabs(x)));
+}
+
+static inline FX_TARGET double FX_N(fx_sigmoid)(double x)
+{
+    double e = exp(-fabs(x));
+    return x >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
+/* bce on logits; pw (length L) indexed by (i0 + i) % L */
+static FX_TARGET double
+FX_N(fx_bcel_block)(const FX_T *x, const FX_T *y, const FX_T *w,
+                    const FX_T *pw, int64_t L, int64_t i0, double scale,
+                    const double *gout, double gscalar, FX_T *lossp,
+                    FX_T *grad, int64_t n)
+{
+    double acc = 0.0;
+    int64_t j = L > 0 ? i0 % L : 0;
+    for (int64_t i = 0; i < n; i++) {
+        double xi = (double)x[i], yi = (double)y[i];
+        double wi = w ? (double)w[i] : 1.0;
+        double pwi = pw ? (double)pw[j] : 1.0;
+        if (pw && ++j == L)
+            j = 0;
+        double cpos = pwi * yi, cneg = 1.0 - yi;
+        double tpos = cpos == 0.0 ? 0.0 : cpos * FX_N(fx_softplus)(-xi);
+        double tneg = cneg == 0.0 ? 0.0 : cneg * FX_N(fx_softplus)(xi);
+        double l = scale * (wi * (tpos + tneg));
+        if (lossp)
+            lossp[i] = (FX_T)l;
+        acc += l;
+        if (grad) {
+            double g = (gout ? gout[i] : gscalar) * scale;
+            grad[i] = (FX_T)(g * wi * (cneg * FX_N(fx_sigmoid)(xi)
+                                       - cpos * FX_N(fx_sigmoid)(-xi)));
+        }
+    }
+    return acc;
+}
+
+#undef FX_N
+#undef FX_INL

@@ -1,0 +1,188 @@
+/* fastxent: C side of the Cython kernels (fastxent/_kernels.pyx).
+ *
+ * The per-row math lives here as plain C so that gcc vectorises it
+ * (`#pragma omp simd` reductions, an inlined polynomial exp).  It is compiled
+ * twice from the same templates (_kernels_isa.h -> _kernels_rows.h): a
+ * baseline build (x86-64: SSE2) and, on x86 with GCC/Clang, an
+ * `__attribute__((target("avx2,fma")))` build.  fx_init() picks one at import
+ * with __builtin_cpu_supports and fills the function-pointer table fx_k; the
+ * names the .pyx calls (fx_ce_row_f32, ...) are macros over that table.  No
+ * -march=native: the extension runs on any x86-64 and uses AVX2+FMA where the
+ * CPU (and OS) support them.
+ */
+#ifndef FASTXENT_KERNELS_SIMD_H
+#define FASTXENT_KERNELS_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define FX_HAVE_AVX2_BUILD 1
+#else
+#define FX_HAVE_AVX2_BUILD 0
+#endif
+
+/* arguments shared by the rows of one cross-entropy call */
+typedef struct {
+    int64_t C;
+    const void *w;  /* class weights (row dtype), NULL = all ones */
+    double wsum;    /* sum of the weights (C when w is NULL) */
+    double eps, z, softcap, ce_scale, z_scale;
+} fx_ce_args;
+
+/* ---- baseline build */
+#define FX_ISA base
+#define FX_TARGET
+#define FX_FMAF(a, b, c) ((a) * (b) + (c))
+#define FX_FMA(a, b, c) ((a) * (b) + (c))
+#include "_kernels_isa.h"
+#undef FX_ISA
+#undef FX_TARGET
+#undef FX_FMAF
+#undef FX_FMA
+
+/* ---- AVX2 + FMA build */
+#if FX_HAVE_AVX2_BUILD
+#define FX_ISA avx2
+#define FX_TARGET __attribute__((target("avx2,fma")))
+#define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
+#define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#include "_kernels_isa.h"
+#undef FX_ISA
+#undef FX_TARGET
+#undef FX_FMAF
+#undef FX_FMA
+#endif
+
+/* ---- run-time dispatch */
+#define FX_TABLE(T, TS)                                                      \
+    double (*ce_row_##TS)(const fx_ce_args *, const T *, int64_t, double,    \
+                          T *, double *);                                    \
+    double (*soft_row_##TS)(const fx_ce_args *, const T *, const T *,        \
+                            double, T *, double *);                          \
+    double (*lse_row_##TS)(const T *, int64_t);                              \
+    void (*softmax_row_##TS)(const T *, T *, int64_t);                       \
+    void (*log_softmax_row_##TS)(const T *, T *, int64_t);                   \
+    double (*bce_block_##TS)(const T *, const T *, const T *, double,        \
+                             const double *, double, T *, T *, int64_t);     \
+    double (*bcel_block_##TS)(const T *, const T *, const T *, const T *,    \
+                              int64_t, int64_t, double, const double *,      \
+                              double, T *, T *, int64_t);                    \
+    float (*expf_##TS)(float);                                               \
+    double (*exp_##TS)(double);
+
+typedef struct {
+    FX_TABLE(float, f32)
+    FX_TABLE(double, f64)
+    const char *isa;
+} fx_table;
+
+/* out-of-line exp for the accuracy tests (expf/exp are always_inline) */
+#define FX_EXP_WRAPPERS(ISA)                                                 \
+    static float fx_expf_call_##ISA(float x) { return fx_expf_##ISA(x); }    \
+    static double fx_exp_call_##ISA(double x) { return fx_exp_##ISA(x); }
+FX_EXP_WRAPPERS(base)
+#if FX_HAVE_AVX2_BUILD
+__attribute__((target("avx2,fma"))) static float fx_expf_call_avx2(float x)
+{
+    return fx_expf_avx2(x);
+}
+__attribute__((target("avx2,fma"))) static double fx_exp_call_avx2(double x)
+{
+    return fx_exp_avx2(x);
+}
+#endif
+
+#define FX_FILL(tab, TS, ISA)                                                \
+    (tab).ce_row_##TS = fx_ce_row_##TS##_##ISA;                              \
+    (tab).soft_row_##TS = fx_soft_row_##TS##_##ISA;                          \
+    (tab).lse_row_##TS = fx_lse_row_##TS##_##ISA;                            \
+    (tab).softmax_row_##TS = fx_softmax_row_##TS##_##ISA;                    \
+    (tab).log_softmax_row_##TS = fx_log_softmax_row_##TS##_##ISA;            \
+    (tab).bce_block_##TS = fx_bce_block_##TS##_##ISA;                        \
+    (tab).bcel_block_##TS = fx_bcel_block_##TS##_##ISA;                      \
+    (tab).expf_##TS = fx_expf_call_##ISA;                                    \
+    (tab).exp_##TS = fx_exp_call_##ISA;
+
+static fx_table fx_k;
+
+#if defined(__x86_64__)
+#define FX_BASE_NAME "sse2"
+#elif defined(__aarch64__)
+#define FX_BASE_NAME "neon"
+#else
+#define FX_BASE_NAME "generic"
+#endif
+
+static int fx_cpu_has_avx2(void)
+{
+#if FX_HAVE_AVX2_BUILD
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Select the kernels: want_avx2 = 1 if the CPU has it (0 forces baseline).
+ * Returns the ISA name in use. */
+static const char *fx_select(int want_avx2)
+{
+#if FX_HAVE_AVX2_BUILD
+    if (want_avx2 && fx_cpu_has_avx2()) {
+        FX_FILL(fx_k, f32, avx2)
+        FX_FILL(fx_k, f64, avx2)
+        fx_k.isa = "avx2+fma";
+        return fx_k.isa;
+    }
+#endif
+    (void)want_avx2;
+    FX_FILL(fx_k, f32, base)
+    FX_FILL(fx_k, f64, base)
+    fx_k.isa = FX_BASE_NAME;
+    return fx_k.isa;
+}
+
+static const char *fx_isa(void) { return fx_k.isa; }
+
+#define fx_ce_row_f32 (fx_k.ce_row_f32)
+#define fx_ce_row_f64 (fx_k.ce_row_f64)
+#define fx_soft_row_f32 (fx_k.soft_row_f32)
+#define fx_soft_row_f64 (fx_k.soft_row_f64)
+#define fx_lse_row_f32 (fx_k.lse_row_f32)
+#define fx_lse_row_f64 (fx_k.lse_row_f64)
+#define fx_softmax_row_f32 (fx_k.softmax_row_f32)
+#define fx_softmax_row_f64 (fx_k.softmax_row_f64)
+#define fx_log_softmax_row_f32 (fx_k.log_softmax_row_f32)
+#define fx_log_softmax_row_f64 (fx_k.log_softmax_row_f64)
+#define fx_bce_block_f32 (fx_k.bce_block_f32)
+#define fx_bce_block_f64 (fx_k.bce_block_f64)
+#define fx_bcel_block_f32 (fx_k.bcel_block_f32)
+#define fx_bcel_block_f64 (fx_k.bcel_block_f64)
+#define fx_expf_any (fx_k.expf_f32)
+#define fx_exp_any (fx_k.exp_f64)
+
+/* ---- OpenMP introspection */
+static int fx_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static int fx_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+#endif /* FASTXENT_KERNELS_SIMD_H */
