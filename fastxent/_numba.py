@@ -440,7 +440,8 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                 _fill(grad_out[r], _as(grad_out, _NAN))
             continue
         # -logp_y = lse - xs_y; -sum_c w_c logp_c = wsum lse - sum_c w_c xs_c
-        ce = (1.0 - eps) * wy * ((shift - xy) + logs)
+        cn = (1.0 - eps) * wy  # a zero coefficient adds exactly 0
+        ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
         if smooth:
             ce += eps / C * (wsum * logs - (sx - shift * wsum))
         loss = ce_scale * ce
