@@ -1,0 +1,141 @@
+"""Threads: OpenMP / Numba really run in parallel, results do not depend on the thread count,
+and concurrent calls from Python threads are safe."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+import fastxent
+from conftest import skip_unless_available
+
+MODULES = {"cython": "fastxent._kernels", "numba": "fastxent._numba"}
+NCPU = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_threads_seen(name):
+    skip_unless_available(name)
+    if NCPU < 2:
+        pytest.skip("needs 2 cores")
+    mod = importlib.import_module(MODULES[name])
+    if name == "cython":
+        assert mod.openmp_enabled(), "extension built without OpenMP"
+    assert mod.threads_seen(2) == 2
+    assert mod.threads_seen(1) == 1
+
+
+def test_openmp_reported_consistently():
+    skip_unless_available("cython")
+    import fastxent._kernels as k
+    assert fastxent.backends()["cython"]["openmp"] == bool(k.openmp_enabled())
+
+
+def _all_results(backend, x, t, P, xb, yb):
+    out = {}
+    out["ce"] = fastxent.cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-3, backend=backend)
+    out["ce_none"] = fastxent.cross_entropy_with_grad(x, t, reduction="none", backend=backend)
+    out["ce_sum"] = fastxent.cross_entropy(x, t, reduction="sum", softcap=10.0, backend=backend)
+    out["soft"] = fastxent.cross_entropy_with_grad(x, P, backend=backend)
+    out["softmax"] = fastxent.softmax(x, backend=backend)
+    out["log_softmax"] = fastxent.log_softmax(x, backend=backend)
+    out["lse"] = fastxent.logsumexp(x, backend=backend)
+    out["bcel"] = fastxent.binary_cross_entropy_with_logits_with_grad(xb, yb, backend=backend)
+    out["bce"] = fastxent.binary_cross_entropy_with_grad(1 / (1 + np.exp(-xb)), yb, reduction="sum", backend=backend)
+    return out
+
+
+def _assert_identical(a, b):
+    for k in a:
+        va = a[k] if isinstance(a[k], tuple) else (a[k],)
+        vb = b[k] if isinstance(b[k], tuple) else (b[k],)
+        for u, v in zip(va, vb):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=k)
+            assert np.asarray(u).dtype == np.asarray(v).dtype
+
+
+@pytest.fixture(scope="module")
+def big_inputs():
+    rng = np.random.default_rng(12)
+    x = (3 * rng.standard_normal((4099, 67))).astype(np.float32)
+    t = rng.integers(0, 67, 4099)
+    t[::11] = -100
+    P = rng.dirichlet(np.ones(67), 4099).astype(np.float32)
+    xb = rng.standard_normal(70_001).astype(np.float32)
+    yb = (rng.random(70_001) < 0.5).astype(np.float32)
+    return x, t, P, xb, yb
+
+
+def test_thread_count_does_not_change_results(backend, big_inputs):
+    fastxent.set_num_threads(1)
+    one = _all_results(backend, *big_inputs)
+    fastxent.set_num_threads(2)
+    two = _all_results(backend, *big_inputs)
+    _assert_identical(one, two)
+    # and the same again (no state left behind)
+    fastxent.set_num_threads(1)
+    _assert_identical(one, _all_results(backend, *big_inputs))
+
+
+def test_backends_agree_on_large_input(compiled_backend, big_inputs):
+    x, t, P, xb, yb = big_inputs
+    import _oracle as O
+    l, g = fastxent.cross_entropy_with_grad(x, t, reduction="none", backend=compiled_backend)
+    ref_l, ref_g = O.cross_entropy(x, t, reduction="none")
+    O.assert_rowloss_close(l, ref_l, 1e-6)
+    O.assert_grad_close(g, ref_g, 2e-6)
+
+
+def test_concurrent_python_threads(backend, big_inputs):
+    fastxent.set_num_threads(2)
+    expected = _all_results(backend, *big_inputs)
+    with cf.ThreadPoolExecutor(4) as ex:
+        futures = [ex.submit(_all_results, backend, *big_inputs) for _ in range(6)]
+        for f in futures:
+            _assert_identical(expected, f.result())
+
+
+def test_concurrent_calls_with_different_shapes(backend):
+    rng = np.random.default_rng(13)
+    jobs = []
+    for i in range(12):
+        n, c = 50 + 37 * i, 3 + 5 * i
+        x = rng.standard_normal((n, c))
+        t = rng.integers(0, c, n)
+        jobs.append((x, t, fastxent.cross_entropy_with_grad(x, t, backend=backend)))
+    with cf.ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda j: fastxent.cross_entropy_with_grad(j[0], j[1], backend=backend), jobs))
+    for (x, t, (l, g)), (l2, g2) in zip(jobs, results):
+        assert l == l2
+        np.testing.assert_array_equal(g, g2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODULES))
+def test_parallel_is_faster_on_two_cores(name):
+    """Instrumented (needs an idle machine): with 2 cores, 2 threads beat 1 on a big input (>1.3x)."""
+    import time
+
+    skip_unless_available(name)
+    if NCPU < 2:
+        pytest.skip("needs 2 cores")
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((20000, 512)).astype(np.float32)
+    t = rng.integers(0, 512, 20000)
+    out = np.empty_like(x)
+
+    def best(n):
+        fastxent.set_num_threads(n)
+        fastxent.cross_entropy_with_grad(x, t, out=out, backend=name)
+        ts = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            fastxent.cross_entropy_with_grad(x, t, out=out, backend=name)
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    assert best(1) / best(2) > 1.3
