@@ -120,7 +120,7 @@ FX_INL double FX_N(fx_capsumexp_impl)(const double *xs, double sh,
 #pragma omp simd reduction(+ : s, sm)
     for (int64_t i = 0; i < n; i++) {
         double d = xs[i] - sh;
-        double e = FX_I(fx_exp)(d);
+        double e = FX_I(fx_exp_le0)(d);
         if (HO)
             out[i] = (FX_T)e;
         s += e;
@@ -185,6 +185,8 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
 
     if (s == 0.0) {
         FX_T m = FX_N(fx_rowmax)(x, C);
+        if (m == (FX_T)INFINITY) /* lse = +inf or NaN: a NaN row */
+            goto nan_row;
         FX_T sh = isfinite(m) ? m : (FX_T)0;
         xy = (double)x[y] - (double)sh; /* read before x may be overwritten */
         if (smooth)
@@ -201,6 +203,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     const double logS = log(S);
     const double lse = shift + logS;
     if (!isfinite(lse)) {
+    nan_row:
         if (g)
             for (int64_t i = 0; i < C; i++)
                 g[i] = (FX_T)NAN;
@@ -280,7 +283,7 @@ FX_INL double FX_N(fx_soft_p2)(const FX_T *x, const double *xs, const FX_T *P,
         double d, e;
         if (CAP) {
             d = xs[i] - shd;
-            e = FX_I(fx_exp)(d);
+            e = FX_I(fx_exp_le0)(d);
             if (HG)
                 g[i] = (FX_T)e;
         } else {
@@ -334,6 +337,8 @@ FX_N(fx_soft_row)(const fx_ce_args *A, const FX_T *x, const FX_T *P, double gn,
 
     if (s == 0.0) {
         FX_T m = FX_N(fx_rowmax)(x, C);
+        if (m == (FX_T)INFINITY)
+            goto nan_row;
         FX_T sh = isfinite(m) ? m : (FX_T)0;
         shift = (double)sh;
 #define FX_C(HW, HG) FX_N(fx_soft_p2)(x, xs, P, w, sh, shift, c1, c0, g, C, &wqs, &sm, 0, HW, HG)
@@ -349,6 +354,7 @@ FX_N(fx_soft_row)(const fx_ce_args *A, const FX_T *x, const FX_T *P, double gn,
     const double logS = log(S);
     const double lse = shift + logS;
     if (!isfinite(lse)) {
+    nan_row:
         if (g)
             for (int64_t i = 0; i < C; i++)
                 g[i] = (FX_T)NAN;
@@ -378,9 +384,20 @@ FX_N(fx_soft_row)(const fx_ce_args *A, const FX_T *x, const FX_T *P, double gn,
 
 /* ---------------------------------------------------------- softmax family */
 
+/* A row holding +inf: lse is +inf, or NaN when the row also holds a NaN. */
+FX_INL double FX_N(fx_lse_inf_row)(const FX_T *x, int64_t C)
+{
+    for (int64_t i = 0; i < C; i++)
+        if (isnan(x[i]))
+            return NAN;
+    return INFINITY;
+}
+
 static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
+    if (m == (FX_T)INFINITY)
+        return FX_N(fx_lse_inf_row)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
     return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C));
 }
@@ -388,6 +405,11 @@ static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C)
 static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
+    if (m == (FX_T)INFINITY) {
+        for (int64_t i = 0; i < C; i++)
+            out[i] = (FX_T)NAN;
+        return;
+    }
     FX_T sh = isfinite(m) ? m : (FX_T)0;
     double S = FX_N(fx_sumexp)(x, sh, out, C);
     double lse = (double)sh + log(S);
@@ -404,7 +426,8 @@ static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
-    double logS = log(FX_N(fx_sumexp)(x, sh, NULL, C));
+    double logS = m == (FX_T)INFINITY ? (double)NAN
+                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C));
     if (!isfinite((double)sh + logS)) {
         for (int64_t i = 0; i < C; i++)
             out[i] = (FX_T)NAN;
