@@ -72,14 +72,22 @@ def _reduction(reduction: str) -> str:
     return reduction
 
 
+def _last(a: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` with ``axis`` moved last (``a`` itself when it already is)."""
+    return a if axis == a.ndim - 1 else np.moveaxis(a, axis, -1)
+
+
 def _rows(x: np.ndarray, axis: int, cdt: np.dtype) -> np.ndarray:
     """``x`` with ``axis`` moved last, as a C-contiguous ``(R, C)`` array of ``cdt``.
 
     A view when the layout allows; otherwise one copy.
     """
-    xm = np.moveaxis(x, axis, -1)
-    C = xm.shape[-1]
-    return np.ascontiguousarray(xm.reshape(-1, C), dtype=cdt)
+    xm = _last(x, axis)
+    if xm.ndim != 2:
+        xm = xm.reshape(-1, xm.shape[-1])
+    if xm.dtype == cdt and xm.flags.c_contiguous and xm.dtype.isnative:
+        return xm
+    return np.ascontiguousarray(xm, dtype=cdt)
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -137,7 +145,7 @@ def _rows_out(out: Optional[np.ndarray], axis: int, R: int, C: int, cdt: np.dtyp
     is copied into ``out`` afterwards.
     """
     if out is not None:
-        om = np.moveaxis(out, axis, -1)
+        om = _last(out, axis)
         try:
             view = om.reshape(R, C)
         except ValueError:
@@ -159,6 +167,8 @@ def _finish_rows(buf: np.ndarray, copy_to: Optional[np.ndarray], out, x_shape, a
         return out
     if out is not None:
         return out
+    if axis == len(x_shape) - 1:
+        return buf.reshape(x_shape)
     moved = x_shape[:axis] + x_shape[axis + 1:] + (x_shape[axis],)
     return np.moveaxis(buf.reshape(moved), -1, axis)
 
@@ -262,8 +272,11 @@ def _check_weight(weight, C: int, cdt: np.dtype) -> np.ndarray:
     return w
 
 
-def _int_target(t: np.ndarray, row_shape, C: int, ignore_index: int) -> np.ndarray:
-    """Validated int64 row targets; ``IndexError`` naming the first bad one."""
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _int_target(t: np.ndarray, row_shape, C: int, ignore_index: int):
+    """Validated int64 row targets, their min and max; ``IndexError`` on a bad one."""
     if t.shape != row_shape:
         raise ValueError(
             "target has shape %s; integer targets need the logits' shape without the "
@@ -271,15 +284,20 @@ def _int_target(t: np.ndarray, row_shape, C: int, ignore_index: int) -> np.ndarr
             % (t.shape, row_shape)
         )
     flat = t.reshape(-1)
-    if flat.dtype == np.uint64:
-        big = flat > np.iinfo(np.int64).max
-        if big.any():
-            _bad_target(t, np.flatnonzero(big)[0], C, ignore_index)
-    t64 = np.ascontiguousarray(flat, dtype=np.int64)
-    bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= C))
-    if bad.any():
-        _bad_target(t, np.flatnonzero(bad)[0], C, ignore_index)
-    return t64
+    if flat.dtype == np.uint64 and flat.size and int(flat.max()) > _INT64_MAX:
+        _bad_target(t, np.flatnonzero(flat > _INT64_MAX)[0], C, ignore_index)
+    if flat.dtype == np.int64 and flat.flags.c_contiguous and flat.dtype.isnative:
+        t64 = flat
+    else:
+        t64 = np.ascontiguousarray(flat, dtype=np.int64)
+    if not t64.size:
+        return t64, 0, -1
+    lo, hi = int(t64.min()), int(t64.max())
+    if lo < 0 or hi >= C:  # out of range, unless all such entries are ignore_index
+        bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= C))
+        if bad.any():
+            _bad_target(t, np.flatnonzero(bad)[0], C, ignore_index)
+    return t64, lo, hi
 
 
 def _bad_target(t: np.ndarray, flat_index: int, C: int, ignore_index: int):
@@ -305,7 +323,7 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
         ii = operator.index(ignore_index)
     except TypeError:
         raise TypeError("ignore_index must be an integer, got %r" % (ignore_index,)) from None
-    if not np.iinfo(np.int64).min <= ii <= np.iinfo(np.int64).max:
+    if not _INT64_MIN <= ii <= _INT64_MAX:
         raise ValueError("ignore_index must fit in int64, got %d" % ii)
     cdt = _compute_dtype(x.dtype)
     w = _check_weight(weight, C, cdt)
@@ -315,14 +333,21 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
 
     if t.dtype.kind in "iu":
         soft = False
-        t64 = _int_target(t, row_shape, C, ii)
-        valid = t64 != ii
-        nvalid = int(np.count_nonzero(valid))
+        t64, lo, hi = _int_target(t, row_shape, C, ii)
+        if lo <= ii <= hi:
+            valid = t64 != ii
+            nvalid = int(np.count_nonzero(valid))
+        else:
+            valid, nvalid = None, R
         if reduction == "mean":
             if nvalid == 0:
                 ce_scale = z_scale = 0.0
             else:
-                W = float(np.sum(w[t64[valid]], dtype=np.float64)) if w.size else float(nvalid)
+                if w.size:
+                    wy = w[t64 if valid is None else t64[valid]]
+                    W = float(np.add.reduce(wy, dtype=np.float64))
+                else:
+                    W = float(nvalid)
                 ce_scale = 1.0 / W if W != 0 else math.inf
                 z_scale = 1.0 / nvalid
         else:
@@ -398,7 +423,7 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
         if loss.ndim == 0:
             loss = loss[()]
     else:
-        loss = cdt.type(np.sum(loss_rows))
+        loss = cdt.type(np.add.reduce(loss_rows))
     if not want_grad:
         return loss
     return loss, _finish_rows(buf, copy_to, out, x.shape, ax)
