@@ -361,3 +361,30 @@ def test_bce_out_in_place_and_float16(backend):
     base[:4] = x
     with pytest.raises(ValueError):
         fastxent.binary_cross_entropy_with_logits_with_grad(base[:4], y, out=base[1:], backend=backend)
+
+
+def test_bce_readonly_and_strided_inputs(backend):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 6))
+    y = rng.uniform(0, 1, (4, 6))
+    w = rng.uniform(0, 2, (4, 6))
+    pw = rng.uniform(0.5, 2, 6)
+    ref = fastxent.binary_cross_entropy_with_logits_with_grad(x, y, weight=w, pos_weight=pw, reduction="none", backend=backend)
+    ref_p = fastxent.binary_cross_entropy_with_grad(1 / (1 + np.exp(-x)), y, weight=w, reduction="none", backend=backend)
+    views = []
+    for a in (x, y, w, pw):
+        ro = a.copy()
+        ro.setflags(write=False)
+        views.append(ro)
+    rx, ry, rw, rpw = views
+    for args in [(rx, ry, rw, rpw), (np.asfortranarray(x), y.astype(">f8"), w[::-1].copy()[::-1], pw)]:
+        got = fastxent.binary_cross_entropy_with_logits_with_grad(args[0], args[1], weight=args[2], pos_weight=args[3],
+                                                                  reduction="none", backend=backend)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+        only = fastxent.binary_cross_entropy_with_logits(args[0], args[1], weight=args[2], pos_weight=args[3],
+                                                         reduction="none", backend=backend)
+        np.testing.assert_array_equal(only, ref[0])
+    p = 1 / (1 + np.exp(-x))
+    p.setflags(write=False)
+    np.testing.assert_array_equal(fastxent.binary_cross_entropy(p, ry, weight=rw, reduction="none", backend=backend), ref_p[0])

@@ -337,6 +337,11 @@ def test_any_layout_equals_contiguous_copy(backend, dtype, tmp_path):
         np.testing.assert_array_equal(l, ref_l, err_msg=name)
         np.testing.assert_array_equal(g, ref_g, err_msg=name)
         assert g.dtype.isnative and g.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(fastxent.cross_entropy(xv, t, **kw), ref_l, err_msg=name + " loss only")
+        np.testing.assert_array_equal(fastxent.cross_entropy_grad(xv, t, **kw), ref_g, err_msg=name + " grad only")
+        np.testing.assert_array_equal(fastxent.cross_entropy(xv, P, **kw), ref_sl, err_msg=name + " soft loss only")
+        np.testing.assert_array_equal(fastxent.log_softmax(xv, backend=backend),
+                                      fastxent.log_softmax(x, backend=backend), err_msg=name)
         np.testing.assert_array_equal(fastxent.softmax(xv, backend=backend), ref_sm, err_msg=name)
         np.testing.assert_array_equal(fastxent.logsumexp(xv, backend=backend), ref_lse, err_msg=name)
         # soft targets in odd layouts too
