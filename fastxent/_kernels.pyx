@@ -43,6 +43,12 @@ cdef extern from "_kernels_simd.h" nogil:
                          float *, double *)
     double fx_ce_row_f64(const fx_ce_args *, const double *, int64_t, double,
                          double *, double *)
+    void fx_ce_rows_f32(const fx_ce_args *, const float *, const int64_t *,
+                        int64_t, const double *, double, double *, float *,
+                        int64_t, int64_t, double *)
+    void fx_ce_rows_f64(const fx_ce_args *, const double *, const int64_t *,
+                        int64_t, const double *, double, double *, double *,
+                        int64_t, int64_t, double *)
     double fx_soft_row_f32(const fx_ce_args *, const float *, const float *,
                            double, float *, double *)
     double fx_soft_row_f64(const fx_ce_args *, const double *, const double *,
@@ -62,11 +68,11 @@ cdef extern from "_kernels_simd.h" nogil:
     double fx_bcel_block_f32(const float *, const float *, const float *,
                              const float *, int64_t, int64_t, double,
                              const double *, double, float *, float *,
-                             int64_t)
+                             int64_t, int)
     double fx_bcel_block_f64(const double *, const double *, const double *,
                              const double *, int64_t, int64_t, double,
                              const double *, double, double *, double *,
-                             int64_t)
+                             int64_t, int)
     float fx_expf_any(float)
     double fx_exp_any(double)
     const char *fx_select(int want_avx2)
@@ -87,6 +93,10 @@ cdef int64_t _BCE_BLOCK = 16384
 # Below this many elements per thread, extra threads cost more than they save
 # (an OpenMP fork/join is a few microseconds, about 16K exps at 0.5 ns).
 cdef int64_t _MIN_WORK_PER_THREAD = 16384
+
+# Outputs at least this large are written with non-temporal stores (they do
+# not fit in the caches anyway; streaming saves the read-for-ownership).
+cdef int64_t _STREAM_BYTES = 16 << 20
 
 fx_select(1)
 
@@ -238,6 +248,30 @@ def log_softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
 # ------------------------------------------------ cross-entropy, int targets
 
 
+cdef inline int64_t _split(int64_t R, int64_t k, int nt) noexcept nogil:
+    """Row where thread chunk ``k`` of ``nt`` starts (a multiple of 8)."""
+    if k >= nt:
+        return R
+    return (R * k // nt) // 8 * 8
+
+
+cdef int _ce_chunk(const fx_ce_args *A, const floating *x, const int64_t *t,
+                   int64_t ign, const double *gp, double gscalar, double *lp,
+                   floating *g, int64_t r0, int64_t r1) noexcept nogil:
+    """Rows [r0, r1) on one thread; 1 if the softcap scratch row failed."""
+    cdef double *scratch = NULL
+    cdef int bad = 0
+    if A.softcap != 0.0:
+        scratch = <double *>malloc(A.C * sizeof(double))
+        bad = scratch == NULL
+    if floating is float:
+        fx_ce_rows_f32(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch)
+    else:
+        fx_ce_rows_f64(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch)
+    free(scratch)
+    return bad
+
+
 cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
                  weight, int64_t ignore_index, double eps, double z,
                  double softcap, double ce_scale, double z_scale,
@@ -255,9 +289,8 @@ cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
     cdef const int64_t *t = NULL
     cdef double *scratch = NULL
     cdef int failed = 0
-    cdef int *pfailed = &failed
-    cdef int64_t yi, c
-    cdef double loss, gn
+    cdef int64_t c
+    cdef Py_ssize_t k
     cdef int nt = _threads(nthreads, R * C)
     if R == 0 or C == 0:
         return 0
@@ -283,31 +316,10 @@ cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
         lp = &lv[0]
     x = &X[0, 0]
     t = &target[0]
-    with nogil, parallel(num_threads=nt):
-        scratch = NULL
-        if softcap != 0.0:
-            scratch = <double *>malloc(C * sizeof(double))
-            if scratch == NULL:
-                pfailed[0] = 1
-        for i in prange(R, schedule='static'):
-            yi = t[i]
-            if yi == ignore_index or (softcap != 0.0 and scratch == NULL):
-                loss = 0.0
-                if g != NULL:
-                    memset(g + i * C, 0, C * sizeof(floating))
-            else:
-                gn = gp[i] if gp != NULL else gscalar
-                if floating is float:
-                    loss = fx_ce_row_f32(&A, x + i * C, yi, gn,
-                                         g + i * C if g != NULL else NULL,
-                                         scratch)
-                else:
-                    loss = fx_ce_row_f64(&A, x + i * C, yi, gn,
-                                         g + i * C if g != NULL else NULL,
-                                         scratch)
-            if lp != NULL:
-                lp[i] = loss
-        free(scratch)
+    with nogil:
+        for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
+            failed += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, g,
+                                _split(R, k, nt), _split(R, k + 1, nt))
     if failed:
         raise MemoryError("fastxent: no memory for the softcap scratch rows")
     return 0
@@ -447,6 +459,8 @@ cdef int _bce(bint logits, const floating[::1] A, const floating[::1] Y, W,
     cdef const floating *y
     cdef double s
     cdef int nt = _threads(nthreads, n)
+    # non-temporal gradient stores when the gradient is far larger than L2
+    cdef int stream = n * <int64_t>sizeof(floating) >= _STREAM_BYTES
     if n == 0:
         return 0
     if not _absent(W):
@@ -482,7 +496,7 @@ cdef int _bce(bint logits, const floating[::1] A, const floating[::1] Y, W,
                         a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
                         L, i0, scale, gp + i0 if gp != NULL else NULL,
                         gscalar, lp + i0 if lp != NULL else NULL,
-                        g + i0 if g != NULL else NULL, m)
+                        g + i0 if g != NULL else NULL, m, stream)
                 else:
                     s = fx_bce_block_f32(
                         a + i0, y + i0, wp + i0 if wp != NULL else NULL,
@@ -495,7 +509,7 @@ cdef int _bce(bint logits, const floating[::1] A, const floating[::1] Y, W,
                         a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
                         L, i0, scale, gp + i0 if gp != NULL else NULL,
                         gscalar, lp + i0 if lp != NULL else NULL,
-                        g + i0 if g != NULL else NULL, m)
+                        g + i0 if g != NULL else NULL, m, stream)
                 else:
                     s = fx_bce_block_f64(
                         a + i0, y + i0, wp + i0 if wp != NULL else NULL,

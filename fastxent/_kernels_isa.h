@@ -176,11 +176,357 @@ FX_I(fx_tanh)(double u)
     return copysign(t, u);
 }
 
+
+#if FX_ISA_IS_AVX2
+/* ---------------------------------- few classes: 8 rows at once (AVX2)
+ *
+ * Lane r of every vector is row r of a block of 8 rows (gathers with stride
+ * C), so a row of C = 10 fills lanes instead of leaving 6 of 16 idle.  Same
+ * math as fx_ce_row without label smoothing and softcap: max, e = exp(x -
+ * max) kept transposed in eb, S in double, a vector log, then the gradient
+ * rows written row-major by gathering eb back.  Any row of the block that is
+ * ignored or non-finite sends the whole block to the per-row code (returns
+ * 0 before writing anything). */
+#define FX_SMALL_CMAX 64
+
+typedef struct {
+    __m256i vidx;                      /* r * C */
+    int32_t tidx[FX_SMALL_CMAX][8];    /* flat 8k+j -> (c * 8 + r) */
+    int32_t ridx[FX_SMALL_CMAX][8];    /* flat 8k+j -> r */
+} fx_small_idx;
+
+static inline __attribute__((always_inline)) FX_TARGET __m256
+fx_v_expf_le0_avx2(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN: x */
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+    __m256 n = _mm256_sub_ps(t, magic);
+    __m256i u = _mm256_add_epi32(
+        _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000)),
+        _mm256_set1_epi32(256));
+    __m256i h = _mm256_srli_epi32(u, 1);
+    __m256i n1b = _mm256_sub_epi32(h, _mm256_set1_epi32(1));
+    __m256i n2b = _mm256_sub_epi32(_mm256_sub_epi32(u, h), _mm256_set1_epi32(1));
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(n1b, 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(n2b, 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* log(s) for finite s >= 1: s = 2**k m, m in [sqrt(1/2), sqrt(2)),
+ * log m = 2 atanh(f / (2 + f)) by its series to s**23 (< 1e-18) */
+static inline __attribute__((always_inline)) FX_TARGET __m256d
+fx_v_log_ge1_avx2(__m256d s)
+{
+    __m256i b = _mm256_castpd_si256(s);
+    __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(b, 52), _mm256_set1_epi64x(1023));
+    __m256d m = _mm256_castsi256_pd(_mm256_or_si256(
+        _mm256_and_si256(b, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFll)),
+        _mm256_set1_epi64x(0x3FF0000000000000ll)));
+    __m256d big = _mm256_cmp_pd(m, _mm256_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
+    ex = _mm256_sub_epi64(ex, _mm256_castpd_si256(big)); /* big = -1 */
+    __m256d k = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_add_epi64(ex, _mm256_set1_epi64x(0x4330000000000000ll))),
+        _mm256_set1_pd(4503599627370496.0));
+    __m256d f = _mm256_sub_pd(m, _mm256_set1_pd(1.0));
+    __m256d q = _mm256_div_pd(f, _mm256_add_pd(f, _mm256_set1_pd(2.0)));
+    __m256d z = _mm256_mul_pd(q, q);
+    __m256d p = _mm256_set1_pd(1.0 / 23.0);
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 21.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 19.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 17.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 15.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 13.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 11.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 9.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 7.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 5.0));
+    p = _mm256_fmadd_pd(p, z, _mm256_set1_pd(1.0 / 3.0));
+    __m256d q2 = _mm256_add_pd(q, q);
+    __m256d lo = _mm256_fmadd_pd(k, _mm256_set1_pd(1.9082149292705877000E-10),
+                                 _mm256_mul_pd(_mm256_mul_pd(q2, z), p));
+    return _mm256_add_pd(_mm256_fmadd_pd(k, _mm256_set1_pd(6.93147180369123816490E-1), q2), lo);
+}
+
+static FX_TARGET void fx_small_idx_init_avx2(fx_small_idx *T, int64_t C)
+{
+    T->vidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                 _mm256_set1_epi32((int)C));
+    for (int64_t f = 0; f < 8 * C; f++) {
+        int32_t r = (int32_t)(f / C), c = (int32_t)(f % C);
+        T->tidx[f / 8][f % 8] = c * 8 + r;
+        T->ridx[f / 8][f % 8] = r;
+    }
+}
+
+static inline __attribute__((always_inline)) FX_TARGET __m256
+fx_cvt2_avx2(__m256d lo, __m256d hi)
+{
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)),
+                                _mm256_cvtpd_ps(hi), 1);
+}
+
+/* 8 rows at x (C = A->C); 1 if done, 0 if the caller must do them per row */
+static FX_TARGET int
+fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+                      const float *x, const int64_t *t, int64_t ign,
+                      const double *gp, double gscalar, double *lp, float *g)
+{
+    const int64_t C = A->C;
+    __m256 xb[FX_SMALL_CMAX], eb[FX_SMALL_CMAX];
+    int32_t yi[8];
+    for (int r = 0; r < 8; r++) {
+        if (t[r] == ign)
+            return 0;
+        yi[r] = (int32_t)t[r];
+    }
+    const __m256i y32 = _mm256_loadu_si256((const __m256i *)yi);
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int64_t c = 0; c < C; c++) {
+        __m256 v = _mm256_i32gather_ps(x + c, T->vidx, 4);
+        xb[c] = v;
+        mx = _mm256_max_ps(v, mx); /* NaN skipped, as fx_rowmax */
+    }
+    /* +-inf max: a non-finite row (per-row code makes it NaN) */
+    __m256 amx = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), mx);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(amx, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)))
+        return 0;
+    __m256d S0 = _mm256_setzero_pd(), S1 = _mm256_setzero_pd();
+    for (int64_t c = 0; c < C; c++) {
+        __m256 e = fx_v_expf_le0_avx2(_mm256_sub_ps(xb[c], mx));
+        eb[c] = e;
+        S0 = _mm256_add_pd(S0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        S1 = _mm256_add_pd(S1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    /* NaN in a row: S is NaN (S >= 1 otherwise, finite as C e <= C) */
+    if (_mm256_movemask_pd(_mm256_cmp_pd(S0, S1, _CMP_UNORD_Q)))
+        return 0;
+    const __m256 xyf = _mm256_i32gather_ps(x, _mm256_add_epi32(T->vidx, y32), 4);
+    const __m256d sh0 = _mm256_cvtps_pd(_mm256_castps256_ps128(mx));
+    const __m256d sh1 = _mm256_cvtps_pd(_mm256_extractf128_ps(mx, 1));
+    const __m256d xy0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xyf)), sh0);
+    const __m256d xy1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xyf, 1)), sh1);
+    const __m256d L0 = fx_v_log_ge1_avx2(S0), L1 = fx_v_log_ge1_avx2(S1);
+    const __m256d lse0 = _mm256_add_pd(sh0, L0), lse1 = _mm256_add_pd(sh1, L1);
+    __m256d wy0 = _mm256_set1_pd(1.0), wy1 = wy0;
+    if (A->w) {
+        __m256 wyf = _mm256_i32gather_ps((const float *)A->w, y32, 4);
+        wy0 = _mm256_cvtps_pd(_mm256_castps256_ps128(wyf));
+        wy1 = _mm256_cvtps_pd(_mm256_extractf128_ps(wyf, 1));
+    }
+    const __m256d zero = _mm256_setzero_pd();
+    /* ce = wy (logS - xy), exactly 0 where wy == 0 */
+    __m256d ce0 = _mm256_mul_pd(wy0, _mm256_sub_pd(L0, xy0));
+    __m256d ce1 = _mm256_mul_pd(wy1, _mm256_sub_pd(L1, xy1));
+    ce0 = _mm256_blendv_pd(ce0, zero, _mm256_cmp_pd(wy0, zero, _CMP_EQ_OQ));
+    ce1 = _mm256_blendv_pd(ce1, zero, _mm256_cmp_pd(wy1, zero, _CMP_EQ_OQ));
+    const __m256d cs = _mm256_set1_pd(A->ce_scale);
+    __m256d l0 = _mm256_mul_pd(cs, ce0), l1 = _mm256_mul_pd(cs, ce1);
+    const int hz = A->z > 0.0;
+    if (hz) {
+        const __m256d zz = _mm256_set1_pd(A->z_scale * A->z);
+        l0 = _mm256_add_pd(l0, _mm256_mul_pd(_mm256_mul_pd(zz, lse0), lse0));
+        l1 = _mm256_add_pd(l1, _mm256_mul_pd(_mm256_mul_pd(zz, lse1), lse1));
+    }
+    if (lp) {
+        _mm256_storeu_pd(lp, l0);
+        _mm256_storeu_pd(lp + 4, l1);
+    }
+    if (!g)
+        return 1;
+    __m256d gn0, gn1;
+    if (gp) {
+        gn0 = _mm256_loadu_pd(gp);
+        gn1 = _mm256_loadu_pd(gp + 4);
+    } else {
+        gn0 = gn1 = _mm256_set1_pd(gscalar);
+    }
+    const __m256d a0 = _mm256_mul_pd(gn0, cs), a1 = _mm256_mul_pd(gn1, cs);
+    const __m256d aw0 = _mm256_mul_pd(a0, wy0), aw1 = _mm256_mul_pd(a1, wy1);
+    __m256d K0 = aw0, K1 = aw1;
+    if (hz) {
+        const __m256d zs = _mm256_set1_pd(A->z_scale), z2 = _mm256_set1_pd(2.0 * A->z);
+        K0 = _mm256_add_pd(K0, _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn0, zs), z2), lse0));
+        K1 = _mm256_add_pd(K1, _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn1, zs), z2), lse1));
+    }
+    const __m256d ks0 = _mm256_div_pd(K0, S0), ks1 = _mm256_div_pd(K1, S1);
+    const __m256 ksT = fx_cvt2_avx2(ks0, ks1);
+    /* target entries: dy = e_y ks - a w_y in double */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 ey = _mm256_i32gather_ps((const float *)eb,
+                                          _mm256_add_epi32(_mm256_slli_epi32(y32, 3), lane), 4);
+    const __m256d dy0 = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ey)), ks0), aw0);
+    const __m256d dy1 = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(ey, 1)), ks1), aw1);
+    float dyf[8];
+    _mm256_storeu_ps(dyf, fx_cvt2_avx2(dy0, dy1));
+    for (int64_t k = 0; k < C; k++) {
+        __m256i ti = _mm256_loadu_si256((const __m256i *)T->tidx[k]);
+        __m256i ri = _mm256_loadu_si256((const __m256i *)T->ridx[k]);
+        __m256 e = _mm256_i32gather_ps((const float *)eb, ti, 4);
+        _mm256_storeu_ps(g + 8 * k, _mm256_mul_ps(e, _mm256_permutevar8x32_ps(ksT, ri)));
+    }
+    for (int r = 0; r < 8; r++)
+        g[r * C + yi[r]] = dyf[r];
+    return 1;
+}
+#endif /* FX_ISA_IS_AVX2 */
+
+/* ------------------------------------------ binary cross-entropy, float32
+ *
+ * float32 per element (as the NumPy reference in float32), float64 block sum.
+ * One exp per element: e = exp(-|x|), u = 1 + e, q = 1 / u; softplus(+-x) =
+ * max(+-x, 0) + log1p(e) with log1p(e) = log(u) + (e - (u - 1)) q (the
+ * rounding error of 1 + e restored; Cephes logf polynomial, ~1 ULP), and
+ * sigmoid(|x|) = q, sigmoid(-|x|) = e q.  Optional operands are compile-time
+ * flags (HW weight, HP pos_weight, HG grad_output array, HL loss out, HD
+ * grad out) so every combination is a branch-free vector loop. */
+
+static inline __attribute__((always_inline)) FX_TARGET float
+FX_I(fx_logf_1_2)(float u)  /* log(u), u in [1, 2] or NaN */
+{
+    const int big = u > 1.41421356237f;
+    const float m = big ? 0.5f * u : u;     /* [sqrt(1/2), sqrt(2)) */
+    const float k = big ? 1.0f : 0.0f;
+    const float f = m - 1.0f;               /* exact */
+    const float z = f * f;
+    float p = 7.0376836292E-2f;
+    p = FX_FMAF(p, f, -1.1514610310E-1f);
+    p = FX_FMAF(p, f, 1.1676998740E-1f);
+    p = FX_FMAF(p, f, -1.2420140846E-1f);
+    p = FX_FMAF(p, f, 1.4249322787E-1f);
+    p = FX_FMAF(p, f, -1.6668057665E-1f);
+    p = FX_FMAF(p, f, 2.0000714765E-1f);
+    p = FX_FMAF(p, f, -2.4999993993E-1f);
+    p = FX_FMAF(p, f, 3.3333331174E-1f);
+    float y = f * z * p;
+    y = FX_FMAF(k, -2.12194440e-4f, y);
+    y = FX_FMAF(-0.5f, z, y);
+    float r = f + y;
+    return FX_FMAF(k, 0.693359375f, r);
+}
+
+static inline __attribute__((always_inline)) FX_TARGET double
+FX_I(fx_bcel32_impl)(const float *x, const float *y, const float *w,
+                     const float *pw, float scale, const double *gout,
+                     double gscalar, double dscale, float *lossp,
+                     float *grad, int64_t n, const int HW, const int HP,
+                     const int HG, const int HL, const int HD)
+{
+    double acc = 0.0;
+    const float gs = (float)(gscalar * dscale);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; i++) {
+        const float xi = x[i], yi = y[i];
+        const float ax = fabsf(xi);
+        const float e = FX_I(fx_expf_le0)(-ax);
+        const float u = 1.0f + e;
+        const float q = 1.0f / u;
+        const float t = FX_I(fx_logf_1_2)(u) + (e - (u - 1.0f)) * q;
+        const float cpos = HP ? pw[i] * yi : yi;
+        const float cneg = 1.0f - yi;
+        const float spn = (-xi > 0.0f ? -xi : 0.0f) + t; /* softplus(-x) */
+        const float spp = (xi > 0.0f ? xi : 0.0f) + t;   /* softplus(x) */
+        float l = (cpos == 0.0f ? 0.0f : cpos * spn)
+                  + (cneg == 0.0f ? 0.0f : cneg * spp);
+        if (HW)
+            l = l * w[i];
+        l = l * scale;
+        if (HL)
+            lossp[i] = l;
+        acc += (double)l;
+        if (HD) {
+            const float eq = e * q;
+            const int pos = xi >= 0.0f;
+            const float sg = pos ? q : eq, sgn = pos ? eq : q;
+            float d = cneg * sg - cpos * sgn;
+            if (HW)
+                d = d * w[i];
+            grad[i] = d * (HG ? (float)(gout[i] * dscale) : gs);
+        }
+    }
+    return acc;
+}
+
+#define FX_BCE_CHUNK 1024
+
+/* dst[0:n] = src[0:n] with non-temporal stores for the aligned body */
+static FX_TARGET void FX_I(fx_stream_f32)(float *dst, const float *src,
+                                         int64_t n)
+{
+#if FX_HAVE_AVX2_BUILD
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & (FX_STREAM_ALIGN - 1)))
+        dst[i] = src[i], i++;
+    for (; i + FX_STREAM_W <= n; i += FX_STREAM_W)
+        FX_STREAM_STORE(dst + i, src + i);
+    for (; i < n; i++)
+        dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(float));
+#endif
+}
+
+static FX_TARGET double
+FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
+                         const float *pw, int64_t L, int64_t i0, double scale,
+                         const double *gout, double gscalar, float *lossp,
+                         float *grad, int64_t n, int stream)
+{
+    double acc = 0.0;
+    float buf[FX_BCE_CHUNK] __attribute__((aligned(64)));
+    const float sc = (float)scale;
+    int64_t j = L > 0 ? i0 % L : 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t m = n - i < FX_BCE_CHUNK ? n - i : FX_BCE_CHUNK;
+        if (pw && m > L - j)
+            m = L - j;
+        float *gd = grad ? (stream ? buf : grad + i) : NULL;
+#define FX_B(HW, HP, HG, HL, HD)                                             \
+    FX_I(fx_bcel32_impl)(x + i, y + i, w ? w + i : NULL, pw ? pw + j : NULL, \
+                         sc, gout ? gout + i : NULL, gscalar, scale,         \
+                         lossp ? lossp + i : NULL, gd, m, HW, HP, HG, HL, HD)
+#define FX_B3(HW, HP)                                                        \
+    (gout ? (lossp ? (gd ? FX_B(HW, HP, 1, 1, 1) : FX_B(HW, HP, 1, 1, 0))    \
+                   : (gd ? FX_B(HW, HP, 1, 0, 1) : FX_B(HW, HP, 1, 0, 0)))   \
+          : (lossp ? (gd ? FX_B(HW, HP, 0, 1, 1) : FX_B(HW, HP, 0, 1, 0))    \
+                   : (gd ? FX_B(HW, HP, 0, 0, 1) : FX_B(HW, HP, 0, 0, 0))))
+        acc += w ? (pw ? FX_B3(1, 1) : FX_B3(1, 0))
+                 : (pw ? FX_B3(0, 1) : FX_B3(0, 0));
+#undef FX_B3
+#undef FX_B
+        if (grad && stream)
+            FX_I(fx_stream_f32)(grad + i, buf, m);
+        i += m;
+        if (pw && (j += m) == L)
+            j = 0;
+    }
+#if FX_HAVE_AVX2_BUILD
+    if (grad && stream)
+        _mm_sfence();
+#endif
+    return acc;
+}
+
 #define FX_T float
 #define FX_TS f32
 #define FX_EXPT FX_I(fx_expf_le0)
 #define FX_FMAT FX_FMAF
+#if FX_ISA_IS_AVX2
+#define FX_SMALL8 fx_ce_small8_f32_avx2
+#endif
 #include "_kernels_rows.h"
+#undef FX_SMALL8
 #undef FX_T
 #undef FX_TS
 #undef FX_EXPT

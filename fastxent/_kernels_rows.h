@@ -264,6 +264,55 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     return loss;
 }
 
+
+/* Rows [r0, r1) of an integer-target cross-entropy: one call per thread (no
+ * per-row dispatch).  Ignored rows get 0 loss and a zero gradient row. */
+static FX_TARGET void
+FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
+                 int64_t ign, const double *gp, double gscalar, double *lp,
+                 FX_T *g, int64_t r0, int64_t r1, double *xs)
+{
+    const int64_t C = A->C;
+    int64_t i = r0;
+#ifdef FX_SMALL8
+    if (A->softcap == 0.0 && A->eps == 0.0 && C >= 2 && C <= FX_SMALL_CMAX
+        && r1 - r0 >= 8) {
+        fx_small_idx T;
+        fx_small_idx_init_avx2(&T, C);
+        for (; i + 8 <= r1; i += 8) {
+            if (FX_SMALL8(A, &T, x + i * C, t + i, ign, gp ? gp + i : NULL,
+                          gscalar, lp ? lp + i : NULL, g ? g + i * C : NULL))
+                continue;
+            for (int64_t k = i; k < i + 8; k++) {
+                double loss = 0.0;
+                if (t[k] == ign) {
+                    if (g)
+                        memset(g + k * C, 0, (size_t)C * sizeof(FX_T));
+                } else {
+                    loss = FX_N(fx_ce_row)(A, x + k * C, t[k],
+                                           gp ? gp[k] : gscalar,
+                                           g ? g + k * C : NULL, xs);
+                }
+                if (lp)
+                    lp[k] = loss;
+            }
+        }
+    }
+#endif
+    for (; i < r1; i++) {
+        double loss = 0.0;
+        if (t[i] == ign || (A->softcap != 0.0 && xs == NULL)) {
+            if (g)
+                memset(g + i * C, 0, (size_t)C * sizeof(FX_T));
+        } else {
+            loss = FX_N(fx_ce_row)(A, x + i * C, t[i], gp ? gp[i] : gscalar,
+                                   g ? g + i * C : NULL, xs);
+        }
+        if (lp)
+            lp[i] = loss;
+    }
+}
+
 /* --------------------------------------------- cross-entropy, soft target */
 
 /* soft pass 2: S = sum e (e stored when HG), wqs = sum wq, sm = sum_{wq != 0}
@@ -489,9 +538,10 @@ static FX_TARGET double
 FX_N(fx_bcel_block)(const FX_T *x, const FX_T *y, const FX_T *w,
                     const FX_T *pw, int64_t L, int64_t i0, double scale,
                     const double *gout, double gscalar, FX_T *lossp,
-                    FX_T *grad, int64_t n)
+                    FX_T *grad, int64_t n, int stream)
 {
     double acc = 0.0;
+    (void)stream;
     int64_t j = L > 0 ? i0 % L : 0;
     for (int64_t i = 0; i < n; i++) {
         double xi = (double)x[i], yi = (double)y[i];

@@ -25,6 +25,9 @@
 #else
 #define FX_HAVE_AVX2_BUILD 0
 #endif
+#if FX_HAVE_AVX2_BUILD
+#include <immintrin.h>
+#endif
 
 /* arguments shared by the rows of one cross-entropy call */
 typedef struct {
@@ -36,11 +39,19 @@ typedef struct {
 
 /* ---- baseline build */
 #define FX_ISA base
+#define FX_ISA_IS_AVX2 0
 #define FX_TARGET
 #define FX_FMAF(a, b, c) ((a) * (b) + (c))
 #define FX_FMA(a, b, c) ((a) * (b) + (c))
+#define FX_STREAM_ALIGN 16
+#define FX_STREAM_W 4
+#define FX_STREAM_STORE(d, s) _mm_stream_ps((d), _mm_loadu_ps(s))
 #include "_kernels_isa.h"
+#undef FX_STREAM_ALIGN
+#undef FX_STREAM_W
+#undef FX_STREAM_STORE
 #undef FX_ISA
+#undef FX_ISA_IS_AVX2
 #undef FX_TARGET
 #undef FX_FMAF
 #undef FX_FMA
@@ -48,11 +59,19 @@ typedef struct {
 /* ---- AVX2 + FMA build */
 #if FX_HAVE_AVX2_BUILD
 #define FX_ISA avx2
+#define FX_ISA_IS_AVX2 1
 #define FX_TARGET __attribute__((target("avx2,fma")))
 #define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#define FX_STREAM_ALIGN 32
+#define FX_STREAM_W 8
+#define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
 #include "_kernels_isa.h"
+#undef FX_STREAM_ALIGN
+#undef FX_STREAM_W
+#undef FX_STREAM_STORE
 #undef FX_ISA
+#undef FX_ISA_IS_AVX2
 #undef FX_TARGET
 #undef FX_FMAF
 #undef FX_FMA
@@ -62,6 +81,9 @@ typedef struct {
 #define FX_TABLE(T, TS)                                                      \
     double (*ce_row_##TS)(const fx_ce_args *, const T *, int64_t, double,    \
                           T *, double *);                                    \
+    void (*ce_rows_##TS)(const fx_ce_args *, const T *, const int64_t *,     \
+                         int64_t, const double *, double, double *, T *,     \
+                         int64_t, int64_t, double *);                        \
     double (*soft_row_##TS)(const fx_ce_args *, const T *, const T *,        \
                             double, T *, double *);                          \
     double (*lse_row_##TS)(const T *, int64_t);                              \
@@ -71,7 +93,7 @@ typedef struct {
                              const double *, double, T *, T *, int64_t);     \
     double (*bcel_block_##TS)(const T *, const T *, const T *, const T *,    \
                               int64_t, int64_t, double, const double *,      \
-                              double, T *, T *, int64_t);                    \
+                              double, T *, T *, int64_t, int);               \
     float (*expf_##TS)(float);                                               \
     double (*exp_##TS)(double);
 
@@ -99,14 +121,18 @@ __attribute__((target("avx2,fma"))) static double fx_exp_call_avx2(double x)
 
 #define FX_FILL(tab, TS, ISA)                                                \
     (tab).ce_row_##TS = fx_ce_row_##TS##_##ISA;                              \
+    (tab).ce_rows_##TS = fx_ce_rows_##TS##_##ISA;                            \
     (tab).soft_row_##TS = fx_soft_row_##TS##_##ISA;                          \
     (tab).lse_row_##TS = fx_lse_row_##TS##_##ISA;                            \
     (tab).softmax_row_##TS = fx_softmax_row_##TS##_##ISA;                    \
     (tab).log_softmax_row_##TS = fx_log_softmax_row_##TS##_##ISA;            \
     (tab).bce_block_##TS = fx_bce_block_##TS##_##ISA;                        \
-    (tab).bcel_block_##TS = fx_bcel_block_##TS##_##ISA;                      \
+    (tab).bcel_block_##TS = FX_BCEL_##TS(ISA);                               \
     (tab).expf_##TS = fx_expf_call_##ISA;                                    \
     (tab).exp_##TS = fx_exp_call_##ISA;
+
+#define FX_BCEL_f32(ISA) fx_bcel_block_f32v_##ISA
+#define FX_BCEL_f64(ISA) fx_bcel_block_f64_##ISA
 
 static fx_table fx_k;
 
@@ -151,6 +177,8 @@ static const char *fx_isa(void) { return fx_k.isa; }
 
 #define fx_ce_row_f32 (fx_k.ce_row_f32)
 #define fx_ce_row_f64 (fx_k.ce_row_f64)
+#define fx_ce_rows_f32 (fx_k.ce_rows_f32)
+#define fx_ce_rows_f64 (fx_k.ce_rows_f64)
 #define fx_soft_row_f32 (fx_k.soft_row_f32)
 #define fx_soft_row_f64 (fx_k.soft_row_f64)
 #define fx_lse_row_f32 (fx_k.lse_row_f32)
