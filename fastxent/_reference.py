@@ -56,8 +56,10 @@ def _softcap(X, softcap):
     """``xs = s * tanh(x / s)`` with ``-inf`` kept masked (``X`` itself when off)."""
     if softcap == 0:
         return X
-    xs = np.tanh(X / X.dtype.type(softcap))
-    xs *= X.dtype.type(softcap)
+    s = X.dtype.type(softcap)
+    xs = np.divide(X, s)
+    np.tanh(xs, out=xs)
+    xs *= s
     xs[X == -np.inf] = -np.inf
     return xs
 
@@ -65,8 +67,9 @@ def _softcap(X, softcap):
 def _softcap_slope(xs, softcap):
     """``d xs / d x = 1 - tanh(x / s)**2 = 1 - (xs / s)**2``; 0 where masked."""
     with np.errstate(invalid="ignore"):
-        t = xs / xs.dtype.type(softcap)
-        d = 1 - t * t
+        d = np.divide(xs, xs.dtype.type(softcap))
+        d *= d
+        np.subtract(1, d, out=d)
     d[xs == -np.inf] = 0
     return d
 
@@ -106,13 +109,29 @@ def _probs_into(out, xs, shift, logsum):
         out *= np.exp(-logsum)[:, None].astype(out.dtype)
 
 
-def _weighted_rowsum(a, w):
-    """``sum_c w_c * a[n, c]`` per row in float64, where ``w_c == 0`` adds exactly 0."""
-    if w is None:
-        return np.sum(a, axis=1, dtype=np.float64)
-    nz = w != 0
-    with np.errstate(invalid="ignore"):
-        return np.sum(a[:, nz] * w[nz], axis=1, dtype=np.float64)
+#: Rows per block where the reference needs a float64 N x C intermediate.
+_ROW_BLOCK = 256
+
+
+def _shifted_weighted_rowsum(xs, shift, w, coef=None):
+    """``sum_c w_c * coef_c * (shift - xs_c)`` per row in float64.
+
+    Terms whose coefficient ``w_c * coef_c`` is 0 add exactly 0 (even where
+    ``xs_c = -inf``). Runs over blocks of rows to keep the temporaries small.
+    """
+    R = xs.shape[0]
+    out = np.empty(R)
+    for r in range(0, R, _ROW_BLOCK):
+        rs = slice(r, r + _ROW_BLOCK)
+        below = np.subtract(shift[rs, None], xs[rs], dtype=np.float64)
+        k = None if w is None else w[None, :]
+        if coef is not None:
+            k = coef[rs] if k is None else coef[rs] * k
+        if k is not None:
+            with np.errstate(invalid="ignore"):
+                below = np.where(k == 0, 0, below * k)
+        out[rs] = np.sum(below, axis=1)
+    return out
 
 
 # ------------------------------------------------------------ softmax family
@@ -160,9 +179,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
         ce = np.where(c_nll == 0, 0.0, c_nll * (logsum + (shift - xs[rows, y])))
         if eps > 0:
             # smooth = -(1/C) sum_c w_c logp_c = (wsum logsum + sum_c w_c (shift - xs_c)) / C
-            below = np.subtract(shift[:, None], xs, dtype=np.float64)
-            ce += eps / C * (wsum * logsum + _weighted_rowsum(below, w))
-            del below
+            ce += eps / C * (wsum * logsum + _shifted_weighted_rowsum(xs, shift, w))
         loss = ce_scale * ce
         if z > 0:
             loss += z_scale * z * lse * lse
@@ -193,8 +210,13 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     with np.errstate(invalid="ignore", over="ignore"):
         grad_out *= coef[:, None].astype(grad_out.dtype)
         if eps > 0:
-            wrow = w[None, :] if w is not None else 1.0
-            grad_out -= ((a * eps / C)[:, None] * wrow).astype(grad_out.dtype)
+            k = (a * eps / C).astype(grad_out.dtype)
+            if w is None:
+                grad_out -= k[:, None]
+            else:
+                wrow = w.astype(grad_out.dtype)
+                for r in range(0, R, _ROW_BLOCK):
+                    grad_out[r:r + _ROW_BLOCK] -= k[r:r + _ROW_BLOCK, None] * wrow
         if slope is not None:
             grad_out *= slope
     grad_out[rows, y] = g_y
@@ -225,7 +247,8 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     R, C = X.shape
     xs = _softcap(X, softcap)
     # wq_c = w_c q_c with the smoothed target q = (1 - eps) P + eps / C
-    wq = (1 - eps) * P + X.dtype.type(eps / C)
+    wq = np.multiply(P, X.dtype.type(1 - eps), dtype=X.dtype)
+    wq += X.dtype.type(eps / C)
     if weight.size:
         wq *= weight
     shift, logsum = _row_shift_logsum(xs)
@@ -233,10 +256,7 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     sum_wq = np.sum(wq, axis=1, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         # ce = -sum_c wq_c logp_c = sum_c wq_c (logsum + (shift - xs_c)), 0 where wq_c = 0
-        below = np.subtract(shift[:, None], xs, dtype=np.float64)
-        below = np.where(wq == 0, 0, wq * below)
-        ce = sum_wq * logsum + np.sum(below, axis=1)
-        del below
+        ce = sum_wq * logsum + _shifted_weighted_rowsum(xs, shift, None, wq)
         loss = ce_scale * ce
         if z > 0:
             loss += z_scale * z * lse * lse
