@@ -86,7 +86,7 @@ def _row_shift_logsum(xs):
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.subtract(xs, shift[:, None], dtype=xs.dtype)
         np.exp(e, out=e)
-    s = np.sum(e, axis=1, dtype=np.float64)
+    s = _rowsum64(e)
     with np.errstate(divide="ignore", invalid="ignore"):
         return shift, np.log(s)
 
@@ -109,8 +109,22 @@ def _probs_into(out, xs, shift, logsum):
         out *= np.exp(-logsum)[:, None].astype(out.dtype)
 
 
-#: Rows per block where the reference needs a float64 N x C intermediate.
-_ROW_BLOCK = 256
+#: Elements per block where the reference needs a float64 N x C intermediate.
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _row_blocks(a):
+    """Slices of about ``_BLOCK_ELEMENTS`` elements over the rows of ``a``."""
+    step = max(1, _BLOCK_ELEMENTS // max(1, a.shape[1]))
+    return [slice(r, r + step) for r in range(0, a.shape[0], step)]
+
+
+def _rowsum64(a):
+    """``sum_c a[n, c]`` per row in float64 (in row blocks: no float64 copy of ``a``)."""
+    out = np.empty(a.shape[0])
+    for rs in _row_blocks(a):
+        np.sum(a[rs], axis=1, dtype=np.float64, out=out[rs])
+    return out
 
 
 def _shifted_weighted_rowsum(xs, shift, w, coef=None):
@@ -121,8 +135,7 @@ def _shifted_weighted_rowsum(xs, shift, w, coef=None):
     """
     R = xs.shape[0]
     out = np.empty(R)
-    for r in range(0, R, _ROW_BLOCK):
-        rs = slice(r, r + _ROW_BLOCK)
+    for rs in _row_blocks(xs):
         below = np.subtract(shift[rs, None], xs[rs], dtype=np.float64)
         k = None if w is None else w[None, :]
         if coef is not None:
@@ -215,8 +228,8 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
                 grad_out -= k[:, None]
             else:
                 wrow = w.astype(grad_out.dtype)
-                for r in range(0, R, _ROW_BLOCK):
-                    grad_out[r:r + _ROW_BLOCK] -= k[r:r + _ROW_BLOCK, None] * wrow
+                for rs in _row_blocks(grad_out):
+                    grad_out[rs] -= k[rs, None] * wrow
         if slope is not None:
             grad_out *= slope
     grad_out[rows, y] = g_y
@@ -253,7 +266,7 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
         wq *= weight
     shift, logsum = _row_shift_logsum(xs)
     lse = shift + logsum
-    sum_wq = np.sum(wq, axis=1, dtype=np.float64)
+    sum_wq = _rowsum64(wq)
     with np.errstate(invalid="ignore", over="ignore"):
         # ce = -sum_c wq_c logp_c = sum_c wq_c (logsum + (shift - xs_c)), 0 where wq_c = 0
         ce = sum_wq * logsum + _shifted_weighted_rowsum(xs, shift, None, wq)
