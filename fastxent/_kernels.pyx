@@ -45,10 +45,18 @@ cdef extern from "_kernels_simd.h" nogil:
                          double *, double *)
     void fx_ce_rows_f32(const fx_ce_args *, const float *, const int64_t *,
                         int64_t, const double *, double, double *, float *,
-                        int64_t, int64_t, double *)
+                        int64_t, int64_t, double *, float *)
     void fx_ce_rows_f64(const fx_ce_args *, const double *, const int64_t *,
                         int64_t, const double *, double, double *, double *,
-                        int64_t, int64_t, double *)
+                        int64_t, int64_t, double *, double *)
+    void fx_softmax_rows_f32(const float *, float *, int64_t, int64_t,
+                             int64_t, float *)
+    void fx_softmax_rows_f64(const double *, double *, int64_t, int64_t,
+                             int64_t, double *)
+    void fx_log_softmax_rows_f32(const float *, float *, int64_t, int64_t,
+                                 int64_t, float *)
+    void fx_log_softmax_rows_f64(const double *, double *, int64_t, int64_t,
+                                 int64_t, double *)
     double fx_soft_row_f32(const fx_ce_args *, const float *, const float *,
                            double, float *, double *)
     double fx_soft_row_f64(const fx_ce_args *, const double *, const double *,
@@ -94,9 +102,13 @@ cdef int64_t _BCE_BLOCK = 16384
 # (an OpenMP fork/join is a few microseconds, about 16K exps at 0.5 ns).
 cdef int64_t _MIN_WORK_PER_THREAD = 16384
 
-# Outputs at least this large are written with non-temporal stores (they do
-# not fit in the caches anyway; streaming saves the read-for-ownership).
-cdef int64_t _STREAM_BYTES = 16 << 20
+# Outputs at least this large are written with non-temporal stores (each row
+# computed into a cache-resident scratch row, then streamed out: no
+# read-for-ownership of the output).  Off by default: on the 2-core Zen 3
+# machine these kernels are compute-bound and the extra copy measured slower
+# (ce_loss_grad (4096, 32000): 240 vs 152 ms best-of-7; BCE 16M: equal).
+# ``_set_stream_bytes(16 << 20)`` turns it on for measuring elsewhere.
+cdef int64_t _STREAM_BYTES = <int64_t>1 << 62
 
 fx_select(1)
 
@@ -117,6 +129,15 @@ def simd_isa():
 def _set_simd_isa(name):
     """Testing aid: force ``"baseline"`` or go back to ``"best"``; returns the ISA."""
     return fx_select(0 if name == "baseline" else 1).decode()
+
+
+def _set_stream_bytes(int64_t nbytes):
+    """Testing aid: outputs of at least ``nbytes`` use non-temporal stores;
+    returns the previous threshold."""
+    global _STREAM_BYTES
+    old = _STREAM_BYTES
+    _STREAM_BYTES = nbytes
+    return old
 
 
 def _exp_f32(float x):
@@ -220,12 +241,11 @@ def softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
         return
     cdef const floating *x = &X[0, 0]
     cdef floating *o = &out[0, 0]
+    cdef bint st = _stream(R, C, sizeof(floating))
     with nogil:
-        for i in prange(R, schedule='static', num_threads=nt):
-            if floating is float:
-                fx_softmax_row_f32(x + i * C, o + i * C, C)
-            else:
-                fx_softmax_row_f64(x + i * C, o + i * C, C)
+        for i in prange(nt, schedule='static', chunksize=1, num_threads=nt):
+            _softmax_chunk(x, o, C, _split(R, i, nt), _split(R, i + 1, nt),
+                           st, 0)
 
 
 def log_softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
@@ -237,12 +257,11 @@ def log_softmax(const floating[:, ::1] X, floating[:, ::1] out, int nthreads=1):
         return
     cdef const floating *x = &X[0, 0]
     cdef floating *o = &out[0, 0]
+    cdef bint st = _stream(R, C, sizeof(floating))
     with nogil:
-        for i in prange(R, schedule='static', num_threads=nt):
-            if floating is float:
-                fx_log_softmax_row_f32(x + i * C, o + i * C, C)
-            else:
-                fx_log_softmax_row_f64(x + i * C, o + i * C, C)
+        for i in prange(nt, schedule='static', chunksize=1, num_threads=nt):
+            _softmax_chunk(x, o, C, _split(R, i, nt), _split(R, i + 1, nt),
+                           st, 1)
 
 
 # ------------------------------------------------ cross-entropy, int targets
@@ -255,21 +274,52 @@ cdef inline int64_t _split(int64_t R, int64_t k, int nt) noexcept nogil:
     return (R * k // nt) // 8 * 8
 
 
+cdef inline bint _stream(int64_t R, int64_t C, size_t item) noexcept nogil:
+    """Stream (non-temporal stores) an R x C output: far larger than the
+    caches, rows long enough for a scratch row to pay off."""
+    return C >= 64 and R * C * <int64_t>item >= _STREAM_BYTES
+
+
 cdef int _ce_chunk(const fx_ce_args *A, const floating *x, const int64_t *t,
                    int64_t ign, const double *gp, double gscalar, double *lp,
-                   floating *g, int64_t r0, int64_t r1) noexcept nogil:
+                   floating *g, int64_t r0, int64_t r1,
+                   bint stream) noexcept nogil:
     """Rows [r0, r1) on one thread; 1 if the softcap scratch row failed."""
     cdef double *scratch = NULL
+    cdef floating *gs = NULL
     cdef int bad = 0
     if A.softcap != 0.0:
         scratch = <double *>malloc(A.C * sizeof(double))
         bad = scratch == NULL
+    if stream and g != NULL:
+        gs = <floating *>malloc(A.C * sizeof(floating))
     if floating is float:
-        fx_ce_rows_f32(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch)
+        fx_ce_rows_f32(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
     else:
-        fx_ce_rows_f64(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch)
+        fx_ce_rows_f64(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
     free(scratch)
+    free(gs)
     return bad
+
+
+cdef void _softmax_chunk(const floating *x, floating *o, int64_t C,
+                         int64_t r0, int64_t r1, bint stream,
+                         bint log) noexcept nogil:
+    """softmax / log_softmax rows [r0, r1) on one thread."""
+    cdef floating *gs = NULL
+    if stream:
+        gs = <floating *>malloc(C * sizeof(floating))  # NULL: plain stores
+    if floating is float:
+        if log:
+            fx_log_softmax_rows_f32(x, o, C, r0, r1, gs)
+        else:
+            fx_softmax_rows_f32(x, o, C, r0, r1, gs)
+    else:
+        if log:
+            fx_log_softmax_rows_f64(x, o, C, r0, r1, gs)
+        else:
+            fx_softmax_rows_f64(x, o, C, r0, r1, gs)
+    free(gs)
 
 
 cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
@@ -319,7 +369,8 @@ cdef int _ce_int(const floating[:, ::1] X, const int64_t[::1] target,
     with nogil:
         for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
             failed += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, g,
-                                _split(R, k, nt), _split(R, k + 1, nt))
+                                _split(R, k, nt), _split(R, k + 1, nt),
+                                _stream(R, C, sizeof(floating)))
     if failed:
         raise MemoryError("fastxent: no memory for the softcap scratch rows")
     return 0

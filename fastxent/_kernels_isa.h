@@ -460,22 +460,33 @@ FX_I(fx_bcel32_impl)(const float *x, const float *y, const float *w,
 
 #define FX_BCE_CHUNK 1024
 
-/* dst[0:n] = src[0:n] with non-temporal stores for the aligned body */
-static FX_TARGET void FX_I(fx_stream_f32)(float *dst, const float *src,
-                                         int64_t n)
-{
+/* dst[0:n] = src[0:n] with non-temporal stores for the aligned body (the
+ * caller issues fx_sfence() before its results are used elsewhere) */
+#define FX_STREAM_COPY(NAME, T, VW, STORE)                                   \
+    static FX_TARGET void FX_I(NAME)(T *dst, const T *src, int64_t n)        \
+    {                                                                        \
+        int64_t i = 0;                                                       \
+        while (i < n && ((uintptr_t)(dst + i) & (FX_STREAM_ALIGN - 1)))      \
+            dst[i] = src[i], i++;                                            \
+        for (; i + (VW) <= n; i += (VW))                                     \
+            STORE(dst + i, src + i);                                         \
+        for (; i < n; i++)                                                   \
+            dst[i] = src[i];                                                 \
+    }
 #if FX_HAVE_AVX2_BUILD
-    int64_t i = 0;
-    while (i < n && ((uintptr_t)(dst + i) & (FX_STREAM_ALIGN - 1)))
-        dst[i] = src[i], i++;
-    for (; i + FX_STREAM_W <= n; i += FX_STREAM_W)
-        FX_STREAM_STORE(dst + i, src + i);
-    for (; i < n; i++)
-        dst[i] = src[i];
+FX_STREAM_COPY(fx_stream_f32, float, FX_STREAM_W, FX_STREAM_STORE)
+FX_STREAM_COPY(fx_stream_f64, double, FX_STREAM_W / 2, FX_STREAM_STORE_PD)
 #else
+static void FX_I(fx_stream_f32)(float *dst, const float *src, int64_t n)
+{
     memcpy(dst, src, (size_t)n * sizeof(float));
-#endif
 }
+static void FX_I(fx_stream_f64)(double *dst, const double *src, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(double));
+}
+#endif
+#undef FX_STREAM_COPY
 
 static FX_TARGET double
 FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
@@ -511,10 +522,8 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
         if (pw && (j += m) == L)
             j = 0;
     }
-#if FX_HAVE_AVX2_BUILD
     if (grad && stream)
-        _mm_sfence();
-#endif
+        fx_sfence();
     return acc;
 }
 
@@ -525,7 +534,9 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #if FX_ISA_IS_AVX2
 #define FX_SMALL8 fx_ce_small8_f32_avx2
 #endif
+#define FX_STREAMT FX_I(fx_stream_f32)
 #include "_kernels_rows.h"
+#undef FX_STREAMT
 #undef FX_SMALL8
 #undef FX_T
 #undef FX_TS
@@ -536,7 +547,9 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #define FX_TS f64
 #define FX_EXPT FX_I(fx_exp_le0)
 #define FX_FMAT FX_FMA
+#define FX_STREAMT FX_I(fx_stream_f64)
 #include "_kernels_rows.h"
+#undef FX_STREAMT
 #undef FX_T
 #undef FX_TS
 #undef FX_EXPT

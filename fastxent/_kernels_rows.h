@@ -270,10 +270,29 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
 static FX_TARGET void
 FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
                  int64_t ign, const double *gp, double gscalar, double *lp,
-                 FX_T *g, int64_t r0, int64_t r1, double *xs)
+                 FX_T *g, int64_t r0, int64_t r1, double *xs, FX_T *gs)
 {
     const int64_t C = A->C;
     int64_t i = r0;
+    if (gs && g) {
+        /* streamed gradient: each row computed into the cache-resident
+         * scratch row gs, then copied out with non-temporal stores (no
+         * read-for-ownership of the gradient) */
+        for (; i < r1; i++) {
+            double loss = 0.0;
+            if (t[i] == ign || (A->softcap != 0.0 && xs == NULL)) {
+                memset(g + i * C, 0, (size_t)C * sizeof(FX_T));
+            } else {
+                loss = FX_N(fx_ce_row)(A, x + i * C, t[i],
+                                       gp ? gp[i] : gscalar, gs, xs);
+                FX_STREAMT(g + i * C, gs, C);
+            }
+            if (lp)
+                lp[i] = loss;
+        }
+        fx_sfence();
+        return;
+    }
 #ifdef FX_SMALL8
     if (A->softcap == 0.0 && A->eps == 0.0 && C >= 2 && C <= FX_SMALL_CMAX
         && r1 - r0 >= 8) {
@@ -486,6 +505,39 @@ static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
 #pragma omp simd
     for (int64_t i = 0; i < C; i++)
         out[i] = (x[i] - sh) - l;
+}
+
+/* rows [r0, r1); with gs (a scratch row) the output rows are streamed */
+static FX_TARGET void FX_N(fx_softmax_rows)(const FX_T *x, FX_T *out,
+                                            int64_t C, int64_t r0, int64_t r1,
+                                            FX_T *gs)
+{
+    for (int64_t i = r0; i < r1; i++) {
+        if (gs) {
+            FX_N(fx_softmax_row)(x + i * C, gs, C);
+            FX_STREAMT(out + i * C, gs, C);
+        } else {
+            FX_N(fx_softmax_row)(x + i * C, out + i * C, C);
+        }
+    }
+    if (gs)
+        fx_sfence();
+}
+
+static FX_TARGET void FX_N(fx_log_softmax_rows)(const FX_T *x, FX_T *out,
+                                                int64_t C, int64_t r0,
+                                                int64_t r1, FX_T *gs)
+{
+    for (int64_t i = r0; i < r1; i++) {
+        if (gs) {
+            FX_N(fx_log_softmax_row)(x + i * C, gs, C);
+            FX_STREAMT(out + i * C, gs, C);
+        } else {
+            FX_N(fx_log_softmax_row)(x + i * C, out + i * C, C);
+        }
+    }
+    if (gs)
+        fx_sfence();
 }
 
 /* ------------------------------------------------ binary cross-entropy */

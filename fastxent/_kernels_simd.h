@@ -37,6 +37,14 @@ typedef struct {
     double eps, z, softcap, ce_scale, z_scale;
 } fx_ce_args;
 
+/* order this thread's non-temporal stores before what follows */
+static inline void fx_sfence(void)
+{
+#if FX_HAVE_AVX2_BUILD
+    _mm_sfence();
+#endif
+}
+
 /* ---- baseline build */
 #define FX_ISA base
 #define FX_ISA_IS_AVX2 0
@@ -46,10 +54,12 @@ typedef struct {
 #define FX_STREAM_ALIGN 16
 #define FX_STREAM_W 4
 #define FX_STREAM_STORE(d, s) _mm_stream_ps((d), _mm_loadu_ps(s))
+#define FX_STREAM_STORE_PD(d, s) _mm_stream_pd((d), _mm_loadu_pd(s))
 #include "_kernels_isa.h"
 #undef FX_STREAM_ALIGN
 #undef FX_STREAM_W
 #undef FX_STREAM_STORE
+#undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
 #undef FX_TARGET
@@ -66,10 +76,12 @@ typedef struct {
 #define FX_STREAM_ALIGN 32
 #define FX_STREAM_W 8
 #define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
+#define FX_STREAM_STORE_PD(d, s) _mm256_stream_pd((d), _mm256_loadu_pd(s))
 #include "_kernels_isa.h"
 #undef FX_STREAM_ALIGN
 #undef FX_STREAM_W
 #undef FX_STREAM_STORE
+#undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
 #undef FX_TARGET
@@ -83,7 +95,10 @@ typedef struct {
                           T *, double *);                                    \
     void (*ce_rows_##TS)(const fx_ce_args *, const T *, const int64_t *,     \
                          int64_t, const double *, double, double *, T *,     \
-                         int64_t, int64_t, double *);                        \
+                         int64_t, int64_t, double *, T *);                   \
+    void (*softmax_rows_##TS)(const T *, T *, int64_t, int64_t, int64_t, T *); \
+    void (*log_softmax_rows_##TS)(const T *, T *, int64_t, int64_t, int64_t,  \
+                                  T *);                                      \
     double (*soft_row_##TS)(const fx_ce_args *, const T *, const T *,        \
                             double, T *, double *);                          \
     double (*lse_row_##TS)(const T *, int64_t);                              \
@@ -122,6 +137,8 @@ __attribute__((target("avx2,fma"))) static double fx_exp_call_avx2(double x)
 #define FX_FILL(tab, TS, ISA)                                                \
     (tab).ce_row_##TS = fx_ce_row_##TS##_##ISA;                              \
     (tab).ce_rows_##TS = fx_ce_rows_##TS##_##ISA;                            \
+    (tab).softmax_rows_##TS = fx_softmax_rows_##TS##_##ISA;                  \
+    (tab).log_softmax_rows_##TS = fx_log_softmax_rows_##TS##_##ISA;          \
     (tab).soft_row_##TS = fx_soft_row_##TS##_##ISA;                          \
     (tab).lse_row_##TS = fx_lse_row_##TS##_##ISA;                            \
     (tab).softmax_row_##TS = fx_softmax_row_##TS##_##ISA;                    \
@@ -179,6 +196,10 @@ static const char *fx_isa(void) { return fx_k.isa; }
 #define fx_ce_row_f64 (fx_k.ce_row_f64)
 #define fx_ce_rows_f32 (fx_k.ce_rows_f32)
 #define fx_ce_rows_f64 (fx_k.ce_rows_f64)
+#define fx_softmax_rows_f32 (fx_k.softmax_rows_f32)
+#define fx_softmax_rows_f64 (fx_k.softmax_rows_f64)
+#define fx_log_softmax_rows_f32 (fx_k.log_softmax_rows_f32)
+#define fx_log_softmax_rows_f64 (fx_k.log_softmax_rows_f64)
 #define fx_soft_row_f32 (fx_k.soft_row_f32)
 #define fx_soft_row_f64 (fx_k.soft_row_f64)
 #define fx_lse_row_f32 (fx_k.lse_row_f32)
