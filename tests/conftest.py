@@ -57,3 +57,28 @@ def _restore_threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)
+
+
+# ------------------------------------------------------------ hypothesis example counts
+
+import collections  # noqa: E402
+
+#: ``(function, backend, "ok" | "raised") -> examples run`` (filled by test_adversarial.py)
+HYPOTHESIS_COUNTS = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many hypothesis examples ran per public function (for the issue's closing note)."""
+    if not HYPOTHESIS_COUNTS:
+        return
+    per_fn = collections.defaultdict(lambda: collections.Counter())
+    for (fn, be, res), n in HYPOTHESIS_COUNTS.items():
+        per_fn[fn][be] += n
+        per_fn[fn][res] += n
+    tr = terminalreporter
+    tr.section("hypothesis examples per function (test_adversarial.py)")
+    for fn in sorted(per_fn):
+        c = per_fn[fn]
+        tr.write_line("%-45s total %4d  (cython %d, numba %d, numpy %d; agreed %d, both raised %d)" % (
+            fn, c["cython"] + c["numba"] + c["numpy"], c["cython"], c["numba"], c["numpy"],
+            c["ok"], c["raised"]))
