@@ -181,13 +181,8 @@ def backends() -> Dict[str, Dict[str, Any]]:
         mod = _load(name)
         info: Dict[str, Any] = {"available": mod is not None, "reason": _reasons.get(name)}
         if name == "cython":
-            try:
-                import Cython  # noqa: F401 - only for the version, if installed
-
-                cy_version = Cython.__version__
-            except ImportError:
-                cy_version = None
-            info["version"] = getattr(mod, "CYTHON_VERSION", cy_version)
+            # the Cython that compiled the extension (None when it did not load)
+            info["version"] = getattr(mod, "CYTHON_VERSION", None)
             info["openmp"] = bool(mod.openmp_enabled()) if mod is not None else False
             info["isa"] = mod.simd_isa() if mod is not None else None
         elif name == "numba":

@@ -116,6 +116,16 @@ fx_select(1)
 # ------------------------------------------------------------ introspection
 
 
+cdef extern from *:
+    # defined by the C file Cython generates: the Cython that built this module
+    const long CYTHON_HEX_VERSION
+
+#: Version of Cython this extension was compiled with ("3.0.11", ...).
+CYTHON_VERSION = "%d.%d.%d" % ((CYTHON_HEX_VERSION >> 24) & 0xFF,
+                               (CYTHON_HEX_VERSION >> 16) & 0xFF,
+                               (CYTHON_HEX_VERSION >> 8) & 0xFF)
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP (prange runs threads)."""
     return bool(fx_openmp())
