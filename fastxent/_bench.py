@@ -353,7 +353,8 @@ def _derive(data: dict) -> List[dict]:
                 row["GB_s"] = moved / t / 1e9
                 row["x_memcpy"] = t / mem if mem else None
                 for k, v in base.items():
-                    row["speedup_vs_" + k] = v / t if v else None
+                    ok = v and runner not in ("memcpy", k)
+                    row["speedup_vs_" + k] = v / t if ok else None
             rows.append(row)
     return rows
 
