@@ -375,7 +375,8 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
                     W = float(np.add.reduce(wy, dtype=np.float64))
                 else:
                     W = float(nvalid)
-                ce_scale = 1.0 / W if W != 0 else math.inf
+                # 0 / 0 when every valid target has weight 0: NaN, as PyTorch
+                ce_scale = 1.0 / W if W != 0 else math.nan
                 z_scale = 1.0 / nvalid
         else:
             ce_scale = z_scale = 1.0

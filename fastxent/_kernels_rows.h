@@ -155,7 +155,7 @@ FX_INL double FX_N(fx_dcap)(double xs, double inv)
     return xs == -INFINITY ? 0.0 : dc;
 }
 
-/* softcap pass 3: g_c = (e_c ks - cw w_c) * dxs/dx, 0 where the slope is 0 */
+/* softcap pass 3: g_c = (e_c ks - cw w_c) * dxs/dx (as the reference: a NaN row stays NaN) */
 FX_INL void FX_N(fx_cap_p3)(FX_T *g, const double *xs, const FX_T *w,
                             double ks, double cw, double inv, int64_t n,
                             const int HW)
@@ -165,7 +165,7 @@ FX_INL void FX_N(fx_cap_p3)(FX_T *g, const double *xs, const FX_T *w,
         double wi = HW ? (double)w[i] : 1.0;
         double d = (double)g[i] * ks - cw * wi;
         double dc = FX_N(fx_dcap)(xs[i], inv);
-        g[i] = (FX_T)(xs[i] == -INFINITY ? 0.0 : d * dc);
+        g[i] = (FX_T)(d * dc); /* dc = 0 at a masked class; NaN d stays NaN */
     }
 }
 
@@ -258,7 +258,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     double dy = ey * ks - a * (1.0 - eps) * wy - cw * wy;
     if (s != 0.0) {
         double dc = FX_N(fx_dcap)(xs[y], 1.0 / s);
-        dy = xs[y] == -INFINITY ? 0.0 : dy * dc;
+        dy = dy * dc;
     }
     g[y] = (FX_T)dy;
     return loss;
@@ -384,7 +384,7 @@ FX_INL void FX_N(fx_soft_p3)(FX_T *g, const double *xs, const FX_T *P,
         double d = (double)g[i] * ks - a * wq;
         if (CAP) {
             double dc = FX_N(fx_dcap)(xs[i], inv);
-            d = xs[i] == -INFINITY ? 0.0 : d * dc;
+            d = d * dc; /* dc = 0 at a masked class; NaN stays NaN */
         }
         g[i] = (FX_T)d;
     }

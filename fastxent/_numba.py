@@ -210,22 +210,22 @@ def _row_max(v):
     return m
 
 
-def _row_max_sum(v):
-    """``(max, sum)`` of the row, the sum in float64 (two loops: one loop with
-    both reductions does not vectorise)."""
+def _row_below_sum(v, shift):
+    """``sum_c (shift - v_c)`` in float64: the smoothing term, formed after the
+    shift so that it neither cancels nor meets ``inf - inf`` for huge logits."""
     s = 0.0
     for c in range(v.shape[0]):
-        s += np.float64(v[c])
-    return _row_max(v), s
+        s += shift - np.float64(v[c])
+    return s
 
 
-def _row_max_wsum(v, w):
-    """``(max, sum_c w_c v_c)``, terms with ``w_c == 0`` exactly 0."""
+def _row_below_wsum(v, w, shift):
+    """``sum_c w_c (shift - v_c)``, terms with ``w_c == 0`` exactly 0."""
     s = 0.0
     for c in range(v.shape[0]):
         wc = np.float64(w[c])
-        s += wc * np.float64(v[c]) if wc != 0.0 else 0.0
-    return _row_max(v), s
+        s += wc * (shift - np.float64(v[c])) if wc != 0.0 else 0.0
+    return s
 
 
 def _row_sumexp(v, shift, buf):
@@ -463,27 +463,25 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
         sx = 0.0
         if capped:
             _row_softcap(x, softcap, xs)
-            if smooth and has_w:
-                m64, sx = _row_max_wsum(xs, weight)
-            elif smooth:
-                m64, sx = _row_max_sum(xs)
-            else:
-                m64 = _row_max(xs)
+            m64 = _row_max(xs)
             shift = m64 if np.isfinite(m64) else 0.0
+            if smooth and has_w:
+                sx = _row_below_wsum(xs, weight, shift)
+            elif smooth:
+                sx = _row_below_sum(xs, shift)
             xy = xs[y]
             if do_grad:
                 s = _row_expstore(xs, shift, grad_out[r])
             else:
                 s = _row_sumexp(xs, shift, buf)
         else:
-            if smooth and has_w:
-                m, sx = _row_max_wsum(x, weight)
-            elif smooth:
-                m, sx = _row_max_sum(x)
-            else:
-                m = _row_max(x)
+            m = _row_max(x)
             sh = _shift_of(m)
             shift = np.float64(sh)
+            if smooth and has_w:  # before an in-place pass 2 overwrites x
+                sx = _row_below_wsum(x, weight, shift)
+            elif smooth:
+                sx = _row_below_sum(x, shift)
             xy = np.float64(x[y])  # read before an in-place pass 2
             if not do_grad:
                 s = _row_sumexp(x, sh, buf)
@@ -498,11 +496,11 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             if do_grad:
                 _fill(grad_out[r], _as(grad_out, _NAN))
             continue
-        # -logp_y = lse - xs_y; -sum_c w_c logp_c = wsum lse - sum_c w_c xs_c
+        # -logp_y = lse - xs_y; -sum_c w_c logp_c = wsum logs + sum_c w_c (shift - xs_c)
         cn = (1.0 - eps) * wy  # a zero coefficient adds exactly 0
         ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
         if smooth:
-            ce += eps / C * (wsum * logs - (sx - shift * wsum))
+            ce += eps / C * (wsum * logs + sx)
         loss = ce_scale * ce
         if z > 0.0:
             loss += z_scale * (z * lse * lse)
@@ -947,7 +945,7 @@ def _threads_seen_par(n, nslots):
 # name -> fastmath flags (None: none) of the serial helpers
 _SERIAL = {
     "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_log1p32": _FM_EXP,
-    "_row_max": None, "_row_max_sum": _FM_RED, "_row_max_wsum": _FM_RED,
+    "_row_max": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
     "_row_sumexp": _FM_RED, "_row_expstore": _FM_RED,
     "_row_expstore_inplace": _FM_RED,
     "_row_scale": _FM_ELT, "_row_scale_sub": _FM_ELT,
