@@ -557,7 +557,8 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
     cdt = _compute_dtype(x.dtype)
     n = x.size
     X = np.ascontiguousarray(x, dtype=cdt).reshape(-1)
-    Y = np.ascontiguousarray(np.broadcast_to(y, shape), dtype=cdt).reshape(-1)
+    Y = np.ascontiguousarray(y if y.shape == shape else np.broadcast_to(y, shape),
+                             dtype=cdt).reshape(-1)
     if kind == "prob":
         with np.errstate(invalid="ignore"):
             bad = (X < 0) | (X > 1)
@@ -571,7 +572,8 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
         if wa.dtype.kind not in "fiu" and wa.dtype.name != "bfloat16":
             raise TypeError("weight must be a real numeric array, got dtype %s" % wa.dtype)
         try:
-            W = np.ascontiguousarray(np.broadcast_to(wa, shape), dtype=cdt).reshape(-1)
+            W = np.ascontiguousarray(wa if wa.shape == shape else np.broadcast_to(wa, shape),
+                                     dtype=cdt).reshape(-1)
         except ValueError:
             raise ValueError(
                 "weight has shape %s, which does not broadcast to the input shape %s"

@@ -17,6 +17,8 @@ import os
 import threading
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 #: Kernel names shared by every backend module (see ``_reference.py``).
 KERNELS = (
     "logsumexp",
@@ -158,8 +160,21 @@ def threads_for(backend: str, work: int) -> int:
     return n
 
 
+def _writable(a):
+    """A writeable copy of a read-only array, anything else as it is."""
+    if type(a) is not np.ndarray or a.flags.writeable:
+        return a
+    return np.array(a)
+
+
 def call(name: str, backend: str, *args, work: int) -> None:
-    """Run kernel ``name`` of ``backend`` with the thread count ``work`` deserves."""
+    """Run kernel ``name`` of ``backend`` with the thread count ``work`` deserves.
+
+    Numba compiles a separate specialisation, seconds long and not always
+    bit-identical, for read-only arrays: it gets writeable copies instead.
+    """
+    if backend == "numba":
+        args = tuple(_writable(a) for a in args)
     getattr(_loaded[backend], name)(*args, threads_for(backend, work))
 
 

@@ -532,7 +532,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             _row_capslope(g, xs, softcap)
             t = xs[y] / softcap
             slope = 1.0 - t * t
-            dy = dy * slope if slope > 0.0 else 0.0
+            dy = dy * (slope if slope > 0.0 else 0.0)  # NaN dy stays NaN
         g[y] = dy
 
 
