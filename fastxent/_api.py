@@ -336,6 +336,32 @@ def _bad_target(t: np.ndarray, flat_index: int, C: int, ignore_index: int):
     )
 
 
+def _grad_output(grad_output, reduction: str, loss_shape, what: str):
+    """``(gscalar, gout)`` for a kernel: a scalar, or float64 per-row/element values.
+
+    ``grad_output`` is a scalar for ``"mean"``/``"sum"``; for ``"none"`` a scalar
+    or an array broadcastable to the unreduced loss's shape.
+    """
+    if grad_output is None:
+        return 1.0, _NONE[_F64]
+    g = np.asarray(grad_output)
+    if g.dtype.kind not in "fiub" and g.dtype.name != "bfloat16":
+        raise TypeError("grad_output must be real numeric, got dtype %s" % g.dtype)
+    if g.ndim == 0:
+        return float(g), _NONE[_F64]
+    if reduction != "none":
+        raise ValueError(
+            "grad_output must be a scalar for reduction=%r, got shape %s" % (reduction, g.shape)
+        )
+    try:
+        gb = np.broadcast_to(g, loss_shape)
+    except ValueError:
+        raise ValueError(
+            "grad_output has shape %s, expected the %s shape %s" % (g.shape, what, loss_shape)
+        ) from None
+    return 1.0, np.ascontiguousarray(gb, dtype=_F64).reshape(-1)
+
+
 def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, softcap,
         reduction, backend, want_grad, grad_output=None, out=None):
     x = _floating(logits, "logits")
@@ -396,27 +422,8 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
             % t.dtype
         )
 
-    gscalar, gout = 1.0, _NONE[_F64]
-    if want_grad and grad_output is not None:
-        g = np.asarray(grad_output)
-        if g.dtype.kind not in "fiub" and g.dtype.name != "bfloat16":
-            raise TypeError("grad_output must be real numeric, got dtype %s" % g.dtype)
-        if g.ndim == 0:
-            gscalar = float(g)
-        elif reduction != "none":
-            raise ValueError(
-                "grad_output must be a scalar for reduction=%r, got shape %s"
-                % (reduction, g.shape)
-            )
-        else:
-            try:
-                gb = np.broadcast_to(g, row_shape)
-            except ValueError:
-                raise ValueError(
-                    "grad_output has shape %s, expected the per-row loss shape %s"
-                    % (g.shape, row_shape)
-                ) from None
-            gout = np.ascontiguousarray(gb.reshape(-1), dtype=np.float64)
+    gscalar, gout = (_grad_output(grad_output, reduction, row_shape, "per-row loss")
+                     if want_grad else (1.0, _NONE[_F64]))
 
     be = _dispatch.resolve(backend)
     if want_grad and out is not None:
@@ -594,26 +601,8 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
             )
         PW = np.ascontiguousarray(np.broadcast_to(pa.reshape(-1), (L,)), dtype=cdt)
 
-    gscalar, gout = 1.0, np.empty(0)
-    if want_grad and grad_output is not None:
-        g = np.asarray(grad_output)
-        if g.dtype.kind not in "fiub" and g.dtype.name != "bfloat16":
-            raise TypeError("grad_output must be real numeric, got dtype %s" % g.dtype)
-        if g.ndim == 0:
-            gscalar = float(g)
-        elif reduction != "none":
-            raise ValueError(
-                "grad_output must be a scalar for reduction=%r, got shape %s"
-                % (reduction, g.shape)
-            )
-        else:
-            try:
-                gout = np.ascontiguousarray(np.broadcast_to(g, shape), dtype=np.float64)
-            except ValueError:
-                raise ValueError(
-                    "grad_output has shape %s, expected the loss shape %s" % (g.shape, shape)
-                ) from None
-            gout = gout.reshape(-1)
+    gscalar, gout = (_grad_output(grad_output, reduction, shape, "loss")
+                     if want_grad else (1.0, _NONE[_F64]))
 
     be = _dispatch.resolve(backend)
     if want_grad:
