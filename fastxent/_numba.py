@@ -566,15 +566,16 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             for c in range(1, C):
                 m = _fmax(m, xf[o + c])
             sh = _shift_of(m)
-            sx = 0.0
+            sx = 0.0  # sum_c w_c (shift - x_c): formed after the shift (no inf - inf)
             if smooth:
+                sh64 = np.float64(sh)
                 if has_w:
                     for c in range(C):
                         wc = np.float64(weight[c])
-                        sx += wc * np.float64(xf[o + c]) if wc != 0.0 else 0.0
+                        sx += wc * (sh64 - np.float64(xf[o + c])) if wc != 0.0 else 0.0
                 else:
                     for c in range(C):
-                        sx += np.float64(xf[o + c])
+                        sx += sh64 - np.float64(xf[o + c])
             xyb[r - q0] = np.float64(xf[o + y])  # before an in-place write
             shb[r - q0] = np.float64(sh)
             sxb[r - q0] = sx
@@ -605,7 +606,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             cn = (1.0 - eps) * wy
             ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
             if smooth:
-                ce += eps / C * (wsum * logs - (sxb[r - q0] - shift * wsum))
+                ce += eps / C * (wsum * logs + sxb[r - q0])
             loss = ce_scale * ce
             if z > 0.0:
                 loss += z_scale * (z * lse * lse)

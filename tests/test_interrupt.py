@@ -21,9 +21,10 @@ import time
 
 import pytest
 
+import fastxent
+
 from conftest import skip_unless_available
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import sys, time
@@ -52,7 +53,10 @@ except KeyboardInterrupt:
 
 def _interrupt(backend, rows):
     skip_unless_available(backend)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the child imports the fastxent this test process imported (an installed
+    # package in CI, the source tree with an in-place build in development)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastxent.__file__)))
+    env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(rows), backend], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
