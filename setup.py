@@ -1,8 +1,8 @@
 """Build of the optional Cython/OpenMP extension ``fastxent._kernels``.
 
 Flags: ``-O3 -fno-math-errno -fno-trapping-math`` let gcc vectorise while
-keeping IEEE NaN/inf semantics; ``-ffast-math``/``-Ofast`` are never used (they
-turn NaN handling into garbage), nor ``-march=native`` (a wheel built with it
+keeping IEEE NaN/inf semantics; gcc's fast-math options are never used (they
+turn NaN handling into garbage), nor tuning for the build machine (a wheel built so
 crashes on older CPUs). AVX2/FMA code paths are chosen at run time inside the
 extension. If the extension cannot be compiled (no compiler, no OpenMP), the
 package still installs and runs on its Numba and NumPy backends;
