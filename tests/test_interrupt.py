@@ -58,7 +58,8 @@ def _interrupt(backend, rows):
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastxent.__file__)))
     env = dict(os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(rows), backend], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=pkg_parent)  # python -c puts the cwd first on sys.path
     try:
         line = p.stdout.readline()
         assert line.startswith("ready"), (line, p.stderr.read() if p.poll() is not None else "")
