@@ -181,14 +181,20 @@ def _finish_rows(buf: np.ndarray, copy_to: Optional[np.ndarray], out, x_shape, a
 # ----------------------------------------------------------- softmax family
 
 
-def _softmax_family(kind: str, x, axis, out, backend):
-    x = _floating(x, "x")
+def _class_axis(a: ArrayLike, axis: Any, name: str):
+    """``(array, axis, C)`` for floating input ``a`` with class axis ``axis``."""
+    x = _floating(a, name)
     if x.ndim == 0:
-        raise ValueError("x must have at least one dimension (the class axis)")
+        raise ValueError("%s must have at least one dimension (the class axis)" % name)
     ax = _axis(axis, x.ndim)
     C = x.shape[ax]
     if C == 0:
-        raise ValueError("the class axis (axis=%d) of x has length 0" % ax)
+        raise ValueError("%s has 0 classes along axis %d" % (name, ax))
+    return x, ax, C
+
+
+def _softmax_family(kind: str, x, axis, out, backend):
+    x, ax, C = _class_axis(x, axis, "x")
     cdt = _compute_dtype(x.dtype)
     be = _dispatch.resolve(backend)
     R = x.size // C
@@ -364,13 +370,7 @@ def _grad_output(grad_output, reduction: str, loss_shape, what: str):
 
 def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, softcap,
         reduction, backend, want_grad, grad_output=None, out=None):
-    x = _floating(logits, "logits")
-    if x.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the class axis)")
-    ax = _axis(axis, x.ndim)
-    C = x.shape[ax]
-    if C == 0:
-        raise ValueError("logits have 0 classes along axis %d" % ax)
+    x, ax, C = _class_axis(logits, axis, "logits")
     eps, z, s, reduction = _check_options(label_smoothing, z_loss, softcap, reduction)
     try:
         ii = operator.index(ignore_index)
