@@ -39,10 +39,6 @@ cdef extern from "_kernels_simd.h" nogil:
         double wsum
         double eps, z, softcap, ce_scale, z_scale
 
-    double fx_ce_row_f32(const fx_ce_args *, const float *, int64_t, double,
-                         float *, double *)
-    double fx_ce_row_f64(const fx_ce_args *, const double *, int64_t, double,
-                         double *, double *)
     void fx_ce_rows_f32(const fx_ce_args *, const float *, const int64_t *,
                         int64_t, const double *, double, double *, float *,
                         int64_t, int64_t, double *, float *)
@@ -61,12 +57,8 @@ cdef extern from "_kernels_simd.h" nogil:
                            double, float *, double *)
     double fx_soft_row_f64(const fx_ce_args *, const double *, const double *,
                            double, double *, double *)
-    double fx_lse_row_f32(const float *, int64_t)
-    double fx_lse_row_f64(const double *, int64_t)
-    void fx_softmax_row_f32(const float *, float *, int64_t)
-    void fx_softmax_row_f64(const double *, double *, int64_t)
-    void fx_log_softmax_row_f32(const float *, float *, int64_t)
-    void fx_log_softmax_row_f64(const double *, double *, int64_t)
+    double fx_lse_row_f32(const float *, int64_t, const float *)
+    double fx_lse_row_f64(const double *, int64_t, const double *)
     double fx_bce_block_f32(const float *, const float *, const float *,
                             double, const double *, double, float *, float *,
                             int64_t)
@@ -81,6 +73,10 @@ cdef extern from "_kernels_simd.h" nogil:
                              const double *, int64_t, int64_t, double,
                              const double *, double, double *, double *,
                              int64_t, int)
+    double fx_sumexp_f32(const float *, float, float *, int64_t, int64_t,
+                         const float *)
+    double fx_sumexp_f64(const double *, double, double *, int64_t, int64_t,
+                         const double *)
     float fx_expf_any(float)
     double fx_exp_any(double)
     const char *fx_select(int want_avx2)
@@ -160,6 +156,22 @@ def _exp_f64(double x):
     return fx_exp_any(x)
 
 
+def _exp_le0(floating[::1] x):
+    """The row kernels' exp (pass 2 with shift 0) on a 1-D array of values
+    <= 0, -inf or NaN: ``(exp(x), float64 sum)`` (accuracy tests)."""
+    import numpy as np
+    out = np.empty(x.shape[0], dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] o = out
+    cdef double s
+    if x.shape[0] == 0:
+        return out, 0.0
+    if floating is float:
+        s = fx_sumexp_f32(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0])
+    else:
+        s = fx_sumexp_f64(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0])
+    return out, s
+
+
 cdef double _spin(Py_ssize_t i) noexcept nogil:
     cdef double acc = 0.0
     cdef int k
@@ -233,9 +245,9 @@ def logsumexp(const floating[:, ::1] X, out, int nthreads=1):
     with nogil:
         for i in prange(R, schedule='static', num_threads=nt):
             if floating is float:
-                v = fx_lse_row_f32(x + i * C, C)
+                v = fx_lse_row_f32(x + i * C, C, x + (i + 1 if i + 1 < R else i) * C)
             else:
-                v = fx_lse_row_f64(x + i * C, C)
+                v = fx_lse_row_f64(x + i * C, C, x + (i + 1 if i + 1 < R else i) * C)
             if p64 != NULL:
                 p64[i] = v
             else:

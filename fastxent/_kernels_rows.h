@@ -15,6 +15,8 @@
  */
 
 #define FX_N(name) FX_CAT3(name, FX_TS, FX_ISA)
+/* the row after row i of a run ending at r1 (row i itself for the last) */
+#define FX_NEXT_ROW(x, i, r1, C) ((x) + ((i) + 1 < (r1) ? (i) + 1 : (i)) * (C))
 #define FX_INL static inline __attribute__((always_inline)) FX_TARGET
 
 /* ------------------------------------------------------------ passes */
@@ -30,12 +32,18 @@ FX_INL FX_T FX_N(fx_rowmax)(const FX_T *x, int64_t n)
 }
 
 /* pass 2: S = sum exp(x - sh); e written to out unless out is NULL.
- * With sm != NULL also sm = sum_{w_c != 0} w_c (x_c - sh) (w NULL: all ones),
- * the label-smoothing sum, taken with the row shift so that the loss is a
- * sum of two non-negative terms (no cancellation). */
-FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n)
+ * y >= 0: the caller forms p_y - 1 from S (see FX_SUMEXP_V, which keeps that
+ * element exactly summed); -1: no such use.  pf: a row of n elements the
+ * caller reads next (FX_SUMEXP_V prefetches it; x when there is none). */
+FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n,
+                              int64_t y, const FX_T *pf)
 {
+#ifdef FX_SUMEXP_V
+    return FX_SUMEXP_V(x, sh, out, n, y, pf);
+#else
     double s = 0.0;
+    (void)y; /* every element is summed in double */
+    (void)pf;
     if (out) {
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < n; i++) {
@@ -49,6 +57,7 @@ FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n)
             s += (double)FX_EXPT(x[i] - sh);
     }
     return s;
+#endif
 }
 
 /* The loops below take their optional operands as compile-time flags
@@ -175,7 +184,7 @@ FX_INL void FX_N(fx_cap_p3)(FX_T *g, const double *xs, const FX_T *w,
  * is NULL (g may be x).  xs: C doubles of scratch, used only with softcap. */
 static FX_TARGET double
 FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
-                FX_T *g, double *xs)
+                FX_T *g, double *xs, const FX_T *pf)
 {
     const int64_t C = A->C;
     const FX_T *w = (const FX_T *)A->w;
@@ -192,7 +201,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         if (smooth)
             S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, &sm);
         else
-            S = FX_N(fx_sumexp)(x, sh, g, C);
+            S = FX_N(fx_sumexp)(x, sh, g, C, g ? y : -1, pf);
         shift = (double)sh;
     } else {
         double m = FX_N(fx_capfill)(x, s, xs, C);
@@ -284,7 +293,8 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
                 memset(g + i * C, 0, (size_t)C * sizeof(FX_T));
             } else {
                 loss = FX_N(fx_ce_row)(A, x + i * C, t[i],
-                                       gp ? gp[i] : gscalar, gs, xs);
+                                       gp ? gp[i] : gscalar, gs, xs,
+                                       FX_NEXT_ROW(x, i, r1, C));
                 FX_STREAMT(g + i * C, gs, C);
             }
             if (lp)
@@ -310,7 +320,8 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
                 } else {
                     loss = FX_N(fx_ce_row)(A, x + k * C, t[k],
                                            gp ? gp[k] : gscalar,
-                                           g ? g + k * C : NULL, xs);
+                                           g ? g + k * C : NULL, xs,
+                                           x + k * C);
                 }
                 if (lp)
                     lp[k] = loss;
@@ -325,7 +336,8 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
                 memset(g + i * C, 0, (size_t)C * sizeof(FX_T));
         } else {
             loss = FX_N(fx_ce_row)(A, x + i * C, t[i], gp ? gp[i] : gscalar,
-                                   g ? g + i * C : NULL, xs);
+                                   g ? g + i * C : NULL, xs,
+                                   FX_NEXT_ROW(x, i, r1, C));
         }
         if (lp)
             lp[i] = loss;
@@ -461,16 +473,18 @@ FX_INL double FX_N(fx_lse_inf_row)(const FX_T *x, int64_t C)
     return INFINITY;
 }
 
-static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C)
+static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C,
+                                         const FX_T *pf)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     if (m == (FX_T)INFINITY)
         return FX_N(fx_lse_inf_row)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
-    return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C));
+    return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf));
 }
 
-static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C)
+static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C,
+                                           const FX_T *pf)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     if (m == (FX_T)INFINITY) {
@@ -479,7 +493,7 @@ static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C)
         return;
     }
     FX_T sh = isfinite(m) ? m : (FX_T)0;
-    double S = FX_N(fx_sumexp)(x, sh, out, C);
+    double S = FX_N(fx_sumexp)(x, sh, out, C, -1, pf);
     double lse = (double)sh + log(S);
     const FX_T f = isfinite(lse) ? (FX_T)(1.0 / S) : (FX_T)NAN;
 #pragma omp simd
@@ -490,12 +504,12 @@ static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C)
 /* out = (x - shift) - logS: exact in structure even where |shift| >> logS
  * (x - (float)lse would lose logS to the rounding of lse) */
 static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
-                                               int64_t C)
+                                               int64_t C, const FX_T *pf)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
     double logS = m == (FX_T)INFINITY ? (double)NAN
-                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C));
+                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf));
     if (!isfinite((double)sh + logS)) {
         for (int64_t i = 0; i < C; i++)
             out[i] = (FX_T)NAN;
@@ -514,10 +528,11 @@ static FX_TARGET void FX_N(fx_softmax_rows)(const FX_T *x, FX_T *out,
 {
     for (int64_t i = r0; i < r1; i++) {
         if (gs) {
-            FX_N(fx_softmax_row)(x + i * C, gs, C);
+            FX_N(fx_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
             FX_STREAMT(out + i * C, gs, C);
         } else {
-            FX_N(fx_softmax_row)(x + i * C, out + i * C, C);
+            FX_N(fx_softmax_row)(x + i * C, out + i * C, C,
+                                   FX_NEXT_ROW(x, i, r1, C));
         }
     }
     if (gs)
@@ -530,10 +545,11 @@ static FX_TARGET void FX_N(fx_log_softmax_rows)(const FX_T *x, FX_T *out,
 {
     for (int64_t i = r0; i < r1; i++) {
         if (gs) {
-            FX_N(fx_log_softmax_row)(x + i * C, gs, C);
+            FX_N(fx_log_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
             FX_STREAMT(out + i * C, gs, C);
         } else {
-            FX_N(fx_log_softmax_row)(x + i * C, out + i * C, C);
+            FX_N(fx_log_softmax_row)(x + i * C, out + i * C, C,
+                                   FX_NEXT_ROW(x, i, r1, C));
         }
     }
     if (gs)

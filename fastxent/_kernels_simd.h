@@ -91,8 +91,6 @@ static inline void fx_sfence(void)
 
 /* ---- run-time dispatch */
 #define FX_TABLE(T, TS)                                                      \
-    double (*ce_row_##TS)(const fx_ce_args *, const T *, int64_t, double,    \
-                          T *, double *);                                    \
     void (*ce_rows_##TS)(const fx_ce_args *, const T *, const int64_t *,     \
                          int64_t, const double *, double, double *, T *,     \
                          int64_t, int64_t, double *, T *);                   \
@@ -101,14 +99,13 @@ static inline void fx_sfence(void)
                                   T *);                                      \
     double (*soft_row_##TS)(const fx_ce_args *, const T *, const T *,        \
                             double, T *, double *);                          \
-    double (*lse_row_##TS)(const T *, int64_t);                              \
-    void (*softmax_row_##TS)(const T *, T *, int64_t);                       \
-    void (*log_softmax_row_##TS)(const T *, T *, int64_t);                   \
+    double (*lse_row_##TS)(const T *, int64_t, const T *);                   \
     double (*bce_block_##TS)(const T *, const T *, const T *, double,        \
                              const double *, double, T *, T *, int64_t);     \
     double (*bcel_block_##TS)(const T *, const T *, const T *, const T *,    \
                               int64_t, int64_t, double, const double *,      \
                               double, T *, T *, int64_t, int);               \
+    double (*sumexp_##TS)(const T *, T, T *, int64_t, int64_t, const T *);   \
     float (*expf_##TS)(float);                                               \
     double (*exp_##TS)(double);
 
@@ -135,16 +132,14 @@ __attribute__((target("avx2,fma"))) static double fx_exp_call_avx2(double x)
 #endif
 
 #define FX_FILL(tab, TS, ISA)                                                \
-    (tab).ce_row_##TS = fx_ce_row_##TS##_##ISA;                              \
     (tab).ce_rows_##TS = fx_ce_rows_##TS##_##ISA;                            \
     (tab).softmax_rows_##TS = fx_softmax_rows_##TS##_##ISA;                  \
     (tab).log_softmax_rows_##TS = fx_log_softmax_rows_##TS##_##ISA;          \
     (tab).soft_row_##TS = fx_soft_row_##TS##_##ISA;                          \
     (tab).lse_row_##TS = fx_lse_row_##TS##_##ISA;                            \
-    (tab).softmax_row_##TS = fx_softmax_row_##TS##_##ISA;                    \
-    (tab).log_softmax_row_##TS = fx_log_softmax_row_##TS##_##ISA;            \
     (tab).bce_block_##TS = fx_bce_block_##TS##_##ISA;                        \
     (tab).bcel_block_##TS = FX_BCEL_##TS(ISA);                               \
+    (tab).sumexp_##TS = fx_sumexp_##TS##_##ISA;                              \
     (tab).expf_##TS = fx_expf_call_##ISA;                                    \
     (tab).exp_##TS = fx_exp_call_##ISA;
 
@@ -192,8 +187,6 @@ static const char *fx_select(int want_avx2)
 
 static const char *fx_isa(void) { return fx_k.isa; }
 
-#define fx_ce_row_f32 (fx_k.ce_row_f32)
-#define fx_ce_row_f64 (fx_k.ce_row_f64)
 #define fx_ce_rows_f32 (fx_k.ce_rows_f32)
 #define fx_ce_rows_f64 (fx_k.ce_rows_f64)
 #define fx_softmax_rows_f32 (fx_k.softmax_rows_f32)
@@ -204,14 +197,12 @@ static const char *fx_isa(void) { return fx_k.isa; }
 #define fx_soft_row_f64 (fx_k.soft_row_f64)
 #define fx_lse_row_f32 (fx_k.lse_row_f32)
 #define fx_lse_row_f64 (fx_k.lse_row_f64)
-#define fx_softmax_row_f32 (fx_k.softmax_row_f32)
-#define fx_softmax_row_f64 (fx_k.softmax_row_f64)
-#define fx_log_softmax_row_f32 (fx_k.log_softmax_row_f32)
-#define fx_log_softmax_row_f64 (fx_k.log_softmax_row_f64)
 #define fx_bce_block_f32 (fx_k.bce_block_f32)
 #define fx_bce_block_f64 (fx_k.bce_block_f64)
 #define fx_bcel_block_f32 (fx_k.bcel_block_f32)
 #define fx_bcel_block_f64 (fx_k.bcel_block_f64)
+#define fx_sumexp_f32 (fx_k.sumexp_f32)
+#define fx_sumexp_f64 (fx_k.sumexp_f64)
 #define fx_expf_any (fx_k.expf_f32)
 #define fx_exp_any (fx_k.exp_f64)
 
