@@ -32,8 +32,10 @@ FX_INL FX_T FX_N(fx_rowmax)(const FX_T *x, int64_t n)
 }
 
 /* pass 2: S = sum exp(x - sh); e written to out unless out is NULL.
- * y >= 0: the caller forms p_y - 1 from S (see FX_SUMEXP_V, which keeps that
- * element exactly summed); -1: no such use.  pf: a row of n elements the
+ * y >= 0: the target, whose p_y - 1 is formed from S (FX_SUMEXP_V keeps that
+ * element exactly summed; passed with and without a gradient so that both
+ * sum alike and the loss-only call equals the fused one bit for bit); -1:
+ * none.  pf: a row of n elements the
  * caller reads next (FX_SUMEXP_V prefetches it; x when there is none). */
 FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n,
                               int64_t y, const FX_T *pf)
@@ -201,7 +203,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         if (smooth)
             S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, &sm);
         else
-            S = FX_N(fx_sumexp)(x, sh, g, C, g ? y : -1, pf);
+            S = FX_N(fx_sumexp)(x, sh, g, C, y, pf);
         shift = (double)sh;
     } else {
         double m = FX_N(fx_capfill)(x, s, xs, C);

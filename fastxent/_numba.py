@@ -78,41 +78,39 @@ _FLAT_ELEMENTS = 2048
 _MIN_CHUNK_ELEMENTS = 1 << 15
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
-_scale2n_f32 = _scale2n_f64 = _fmax = _get_thread_id = None
+_scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _get_thread_id = None
 prange = range
 
 _NAN = float("nan")
 _INF = float("inf")
 
-# float32 exp constants (Cephes expf): Cody-Waite split of ln 2 and the
-# polynomial for exp(r) on |r| <= ln(2)/2, ~1 ULP.
+# float32 exp of x <= 0, the Cython kernels' fx_expf_le0 (_kernels_isa.h):
+# clamp at -104 (exp(-104) < 2**-150 rounds to 0), n = round(x / ln 2) by the
+# 1.5 * 2**23 "magic number", Cody-Waite split of ln 2, exp(r) = 1 + r + r**2
+# q(r) with q of degree 4 fitted by tools/fit_expf.py, then p * 2**(n + 64)
+# * 2**-64 (n + 64 is a normal exponent for every n in [-150, 0]; the last
+# multiply rounds subnormal results correctly).
 _F32 = np.float32
 _E32_LOG2E = _F32(1.44269504088896341)
 _E32_MAGIC = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
 _E32_C1 = _F32(0.693359375)
 _E32_C2 = _F32(-2.12194440e-4)
-_E32_P0 = _F32(1.9875691500e-4)
-_E32_P1 = _F32(1.3981999507e-3)
-_E32_P2 = _F32(8.3334519073e-3)
-_E32_P3 = _F32(4.1665795894e-2)
-_E32_P4 = _F32(1.6666665459e-1)
-_E32_P5 = _F32(5.0000001201e-1)
+_E32_P2 = _F32(0.4999999403953552)
+_E32_P3 = _F32(0.1666652113199234)
+_E32_P4 = _F32(0.04166838899254799)
+_E32_P5 = _F32(0.008368710055947304)
+_E32_P6 = _F32(0.001381461275741458)
 _E32_ONE = _F32(1.0)
 _E32_ZERO = _F32(0.0)
-_E32_INF = _F32(np.inf)
-# Results below the smallest normal flush to 0 (an absolute error under
-# 1.2e-38) and x in (88.376, 88.72] gives inf: the kernels only take exp of
-# x - max <= 0, and one 2**n (n in [-126, 127]) saves ~7 of ~27 instructions.
-_E32_LO = _F32(-87.33654475)  # ln FLT_MIN
-_E32_HI = _F32(88.37626266)   # 127.5 ln 2
+_E32_LO = _F32(-104.0)
 
 # float64 exp: Cephes' Cody-Waite split; Taylor polynomial of degree 13 on
-# |r| <= ln(2)/2 (truncation 0.3466**14 / 14! = 4e-18, far below an ULP).
+# |r| <= ln(2)/2 (truncation 0.3466**14 / 14! = 4e-18, far below an ULP);
+# the same 2**(n + 64) * 2**-64 scaling for n in [-1077, 0].
 _E64_MAGIC = 6755399441055744.0  # 1.5 * 2**52
 _E64_C1 = 6.93145751953125e-1
 _E64_C2 = 1.42860682030941723212e-6
-_E64_LO = -708.3964185322641  # ln DBL_MIN (below: flush to 0, as float32)
-_E64_HI = 709.4361393031039   # 1023.5 ln 2 (above: inf)
+_E64_LO = -746.0  # exp(-746) < 2**-1075: rounds to 0
 
 # float32 log on [sqrt(.5), sqrt(2)) (Cephes logf); the ln 2 split is _E32_C1/C2.
 _L32_SQRT2 = _F32(1.41421356237309504880)
@@ -145,7 +143,9 @@ _TH_Q2 = 4.84406305325125486048e3
 
 
 def _exp(x):
-    """``exp`` of a float32 or float64 scalar (an overload, see ``_ensure``)."""
+    """``exp`` of a float32 or float64 scalar ``x <= 0`` (or -inf, NaN): every
+    exp the kernels take is of ``x - rowmax`` or of ``-|x|`` (an overload, see
+    ``_ensure``)."""
     raise NotImplementedError
 
 
@@ -156,25 +156,27 @@ def _as(like, v):
 
 
 def _exp32(x):
-    t = x * _E32_LOG2E + _E32_MAGIC
+    # the Cython kernels' fx_expf_le0, operation for operation (see
+    # _kernels_isa.h): 1.0 ULP, subnormal results correctly rounded
+    xc = _E32_LO if x < _E32_LO else x  # NaN passes
+    t = xc * _E32_LOG2E + _E32_MAGIC
     nf = t - _E32_MAGIC  # round(x / ln 2): exact, 'reassoc' would fold it
-    r = x - nf * _E32_C1
+    r = xc - nf * _E32_C1
     r = r - nf * _E32_C2
-    z = r * r
-    p = (((((_E32_P0 * r + _E32_P1) * r + _E32_P2) * r + _E32_P3) * r
-          + _E32_P4) * r + _E32_P5) * z + r + _E32_ONE
-    y = _scale2n_f32(p, t)
-    if x < _E32_LO:
-        y = _E32_ZERO
-    if x > _E32_HI:
-        y = _E32_INF
-    return y
+    r2 = r * r
+    a = _E32_P3 * r + _E32_P2
+    b = _E32_P5 * r + _E32_P4
+    b = _E32_P6 * r2 + b
+    q = b * r2 + a
+    p = (q * r2 + r) + _E32_ONE
+    return _scale2n_f32(p, t)
 
 
 def _exp64(x):
-    t = x * 1.4426950408889634 + _E64_MAGIC
+    xc = _E64_LO if x < _E64_LO else x
+    t = xc * 1.4426950408889634 + _E64_MAGIC
     nf = t - _E64_MAGIC
-    r = x - nf * _E64_C1
+    r = xc - nf * _E64_C1
     r = r - nf * _E64_C2
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
@@ -190,12 +192,7 @@ def _exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    y = _scale2n_f64(p, t)
-    if x < _E64_LO:
-        y = 0.0
-    if x > _E64_HI:
-        y = _INF
-    return y
+    return _scale2n_f64(p, t)
 
 
 # ------------------------------------------------------------ row helpers
@@ -228,43 +225,106 @@ def _row_below_wsum(v, w, shift):
     return s
 
 
-def _row_sumexp(v, shift, buf):
-    """``sum_c exp(v_c - shift)`` in float64, the exp in ``buf``'s dtype
-    (``buf``: a scratch row as long as ``v``; see ``_row_expstore``)."""
+# Pass 2 stores ``e = exp(v - shift)`` and prefetches ``vn``, the row read
+# next (``v`` itself when there is none), one cache line per 64 bytes after
+# every block of _PF_BLOCK exps: its max pass then finds it in cache instead
+# of waiting on memory.  ``llvm.prefetch`` inside the exp loop would stop LLVM
+# vectorising it (as does a max of ``vn`` taken in the same loop), hence the
+# blocks; the block loops run over slices, which vectorise like whole-row
+# loops.  Soft targets sum the stored row in float64 (_row_sum64); the rest
+# sum in the exp loop (_row_expsum).
+_PF_BLOCK = 256
+#: Elements per float32 partial sum of S (see _row_expsum).
+_SUM_BLOCK = 64
+
+
+def _row_expstore(v, shift, e, vn):
+    """``e_c = exp(v_c - shift)`` in ``e``'s dtype; prefetches ``vn``."""
     n = v.shape[0]
-    for c in range(n):
-        buf[c] = _exp(_as(buf, v[c] - shift))
-    s = 0.0
-    for c in range(n):
-        s += np.float64(buf[c])
-    return s
-
-
-def _row_expstore(v, shift, e):
-    """``e_c = exp(v_c - shift)`` (``e``'s dtype); returns ``sum e`` (float64).
-
-    Two loops: the exp loop alone vectorises to 8 float32 lanes (with the
-    float64 sum in the same loop LLVM picks 4), and the sum re-reads the row
-    from cache. Whole-row loops over ``range(n)``: loops over ``range(b0, b1)``
-    or over slices measured 1.5-8x slower here."""
-    n = v.shape[0]
-    for c in range(n):
+    nb = n - n % _PF_BLOCK
+    step = 64 // vn.itemsize
+    for b in range(0, nb, _PF_BLOCK):
+        vb = v[b:b + _PF_BLOCK]
+        eb = e[b:b + _PF_BLOCK]
+        for c in range(_PF_BLOCK):
+            eb[c] = _exp(_as(eb, vb[c] - shift))
+        for c in range(b, b + _PF_BLOCK, step):
+            _prefetch(vn, c)
+    for c in range(nb, n):
         e[c] = _exp(_as(e, v[c] - shift))
-    s = 0.0
-    for c in range(n):
-        s += np.float64(e[c])
-    return s
 
 
-def _row_expstore_inplace(g, shift):
+def _row_expstore_inplace(g, shift, vn):
     """``g_c = exp(g_c - shift)`` in place (two distinct row arguments that
     alias defeat LLVM's vectoriser: its runtime overlap check fails)."""
     n = g.shape[0]
-    for c in range(n):
+    nb = n - n % _PF_BLOCK
+    step = 64 // vn.itemsize
+    for b in range(0, nb, _PF_BLOCK):
+        gb = g[b:b + _PF_BLOCK]
+        for c in range(_PF_BLOCK):
+            gb[c] = _exp(gb[c] - shift)
+        for c in range(b, b + _PF_BLOCK, step):
+            _prefetch(vn, c)
+    for c in range(nb, n):
         g[c] = _exp(g[c] - shift)
+
+
+def _row_expsum(v, shift, e, vn, y):
+    """``e_c = exp(v_c - shift)`` in ``e``'s dtype (``e`` must not alias
+    ``v``), and ``S = sum e`` in float64, as the Cython kernels: blocks of
+    _SUM_BLOCK exps are added in ``e``'s dtype first (in the exp loop, which
+    LLVM vectorises with 8 float32 lanes and a few accumulators: a handful of
+    roundings, relative error < 4e-7 of a block of terms <= 1), then in
+    float64; faster than converting every exp (the loss at (4096, 32000)
+    float32 on 2 threads: 1.2x).  The block holding element ``y`` (the
+    target, ``-1`` for none) is summed exactly in float64: the target
+    gradient ``p_y - 1 = -(S - e_y) / S`` is formed from S, and a rounding of
+    ``e_y = 1`` would be an absolute error in ``S - e_y``, however small that
+    is.  The loss-only paths call this too (storing into a scratch row): the
+    same loop sums alike, so a loss equals the fused call's bit for bit (a
+    copy of the loop without the store vectorises differently).  Prefetches
+    ``vn`` (see _row_expstore)."""
+    n = v.shape[0]
+    nb = n - n % _PF_BLOCK
+    step = 64 // vn.itemsize
     s = 0.0
-    for c in range(n):
-        s += np.float64(g[c])
+    for b in range(0, nb, _SUM_BLOCK):
+        vb = v[b:b + _SUM_BLOCK]
+        eb = e[b:b + _SUM_BLOCK]
+        if b <= y < b + _SUM_BLOCK:
+            for c in range(_SUM_BLOCK):
+                ec = _exp(_as(eb, vb[c] - shift))
+                eb[c] = ec
+                s += np.float64(ec)
+        else:
+            t = _as(e, 0.0)
+            for c in range(_SUM_BLOCK):
+                ec = _exp(_as(eb, vb[c] - shift))
+                eb[c] = ec
+                t += ec
+            s += np.float64(t)
+        if b % _PF_BLOCK == 0:
+            for c in range(b, b + _PF_BLOCK, step):
+                _prefetch(vn, c)
+    for c in range(nb, n):
+        ec = _exp(_as(e, v[c] - shift))
+        e[c] = ec
+        s += np.float64(ec)
+    return s
+
+
+def _row_copy(dst, src):
+    for c in range(src.shape[0]):
+        dst[c] = src[c]
+
+
+def _row_sum64(e):
+    """``sum e`` in float64 element by element (soft targets: their gradient
+    ``p_c sum(q) - q_c`` cancels at any class, not one known target)."""
+    s = 0.0
+    for c in range(e.shape[0]):
+        s += np.float64(e[c])
     return s
 
 
@@ -382,24 +442,36 @@ def _chunk(k, n, nchunks):
 # ====================================================== softmax family rows
 
 
+def _next_row(X, r, r1):
+    """Row ``r + 1`` when it is in ``r0:r1``, else row ``r``: what pass 2
+    prefetches (see ``_row_expstore``)."""
+    return X[r + 1] if r + 1 < r1 else X[r]
+
+
 def _logsumexp_rows(X, out, r0, r1):
     buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
     for r in range(r0, r1):
         x = X[r]
-        sh = _shift_of(_row_max(x))
-        out[r] = np.float64(sh) + np.log(_row_sumexp(x, sh, buf))
+        m = _row_max(x)
+        if m == _INF:  # _exp takes no +inf: lse is +inf, or NaN with a NaN
+            out[r] = _INF if not np.isnan(x).any() else _NAN
+            continue
+        sh = _shift_of(m)
+        s = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
+        out[r] = np.float64(sh) + np.log(s)
 
 
 def _softmax_rows(X, out, r0, r1):
     inplace = X.ctypes.data == out.ctypes.data
+    buf = np.empty(X.shape[1] if inplace else 0, X.dtype)  # row copy (scratch)
     for r in range(r0, r1):
         x = X[r]
         o = out[r]
         sh = _shift_of(_row_max(x))
-        if inplace:
-            s = _row_expstore_inplace(o, sh)
-        else:
-            s = _row_expstore(x, sh, o)
+        if inplace:  # _row_expsum's rows must not alias
+            _row_copy(buf, x)
+            x = buf
+        s = _row_expsum(x, sh, o, _next_row(X, r, r1), -1)
         if np.isfinite(np.float64(sh) + np.log(s)):
             _row_scale(o, _as(o, 1.0 / s))
         else:
@@ -413,7 +485,7 @@ def _log_softmax_rows(X, out, r0, r1):
         x = X[r]
         o = out[r]
         sh = _shift_of(_row_max(x))
-        logs = np.log(_row_sumexp(x, sh, buf))
+        logs = np.log(_row_expsum(x, sh, buf, _next_row(X, r, r1), -1))
         # (x - shift) - logs: exact where |shift| dwarfs logs
         if not np.isfinite(np.float64(sh) + logs):
             _fill(o, _as(o, _NAN))
@@ -448,7 +520,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                      z_scale, gscalar, gout, loss_out, grad_out, wsum, r0, r1)
         return
     xs = np.empty(C if capped else 0, np.float64)  # softcapped row (scratch)
-    buf = np.empty(0 if do_grad else C, X.dtype)  # exp block (scratch)
+    buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
     for r in range(r0, r1):
         y = target[r]
         if y == ignore_index:
@@ -470,10 +542,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             elif smooth:
                 sx = _row_below_sum(xs, shift)
             xy = xs[y]
-            if do_grad:
-                s = _row_expstore(xs, shift, grad_out[r])
-            else:
-                s = _row_sumexp(xs, shift, buf)
+            s = _row_expsum(xs, shift, grad_out[r] if do_grad else buf, xs, y)
         else:
             m = _row_max(x)
             sh = _shift_of(m)
@@ -483,12 +552,11 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             elif smooth:
                 sx = _row_below_sum(x, shift)
             xy = np.float64(x[y])  # read before an in-place pass 2
-            if not do_grad:
-                s = _row_sumexp(x, sh, buf)
-            elif inplace:
-                s = _row_expstore_inplace(grad_out[r], sh)
-            else:
-                s = _row_expstore(x, sh, grad_out[r])
+            if inplace:  # _row_expsum's rows must not alias
+                _row_copy(buf, x)
+                x = buf
+            s = _row_expsum(x, sh, grad_out[r] if do_grad else buf,
+                            _next_row(X, r, r1), y)
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):
@@ -652,7 +720,7 @@ def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     inplace = do_grad and X.ctypes.data == grad_out.ctypes.data
     capped = softcap != 0.0
     xs = np.empty(C if capped else 0, np.float64)
-    buf = np.empty(0 if do_grad else C, X.dtype)
+    buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
     for r in range(r0, r1):
         x = X[r]
         p = P[r]
@@ -661,20 +729,20 @@ def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
             m64 = _row_max(xs)
             shift = m64 if np.isfinite(m64) else 0.0
             q, t = _row_soft_sums(xs, shift, p, weight, has_w, eps, C)
-            if do_grad:
-                s = _row_expstore(xs, shift, grad_out[r])
-            else:
-                s = _row_sumexp(xs, shift, buf)
+            e = grad_out[r] if do_grad else buf
+            _row_expstore(xs, shift, e, xs)
+            s = _row_sum64(e)
         else:
             sh = _shift_of(_row_max(x))
             shift = np.float64(sh)
             q, t = _row_soft_sums(x, sh, p, weight, has_w, eps, C)
-            if not do_grad:
-                s = _row_sumexp(x, sh, buf)
-            elif inplace:
-                s = _row_expstore_inplace(grad_out[r], sh)
+            xn = _next_row(X, r, r1)
+            e = grad_out[r] if do_grad else buf
+            if inplace:
+                _row_expstore_inplace(e, sh, xn)
             else:
-                s = _row_expstore(x, sh, grad_out[r])
+                _row_expstore(x, sh, e, xn)
+            s = _row_sum64(e)
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):
@@ -946,9 +1014,9 @@ def _threads_seen_par(n, nslots):
 # name -> fastmath flags (None: none) of the serial helpers
 _SERIAL = {
     "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_log1p32": _FM_EXP,
-    "_row_max": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
-    "_row_sumexp": _FM_RED, "_row_expstore": _FM_RED,
-    "_row_expstore_inplace": _FM_RED,
+    "_row_max": None, "_next_row": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
+    "_row_expstore": _FM_ELT, "_row_expstore_inplace": _FM_ELT,
+    "_row_expsum": _FM_RED, "_row_copy": None, "_row_sum64": _FM_RED,
     "_row_scale": _FM_ELT, "_row_scale_sub": _FM_ELT,
     "_row_scale_subw": _FM_ELT, "_row_softcap": _FM_ELT,
     "_row_capslope": _FM_ELT, "_row_soft_sums": _FM_RED,
@@ -988,9 +1056,12 @@ def _jit_all():
 
     g = globals()
 
-    def scale2n(bits, magic_bits, bias, mant, ftype, fnty):
-        # p * 2**n, with n encoded as bits(t) = magic_bits + n by t = y + MAGIC
-        # (n within the normal exponents: the exp flushes outside them)
+    def scale2n(bits, mant, ftype, fnty, bias):
+        # (p * 2**(n + 64)) * 2**-64, n encoded as the low bits of t = y +
+        # MAGIC: shifting t's bits left by the mantissa width keeps only n
+        # (two's complement), adding (bias + 64) << mant makes the exponent
+        # field of 2**(n + 64).  Plain fmuls (no fast-math flags: no
+        # refolding of the two products).
         @intrinsic
         def impl(typingctx, p, t):
             sig = fnty(fnty, fnty)
@@ -998,16 +1069,18 @@ def _jit_all():
             def codegen(context, builder, sig, args):
                 p, t = args
                 ity = ir.IntType(bits)
-                n = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, magic_bits - bias))
-                s = builder.bitcast(builder.shl(n, ir.Constant(ity, mant)), ftype)
-                return builder.fmul(p, s)
+                e = builder.add(builder.shl(builder.bitcast(t, ity), ir.Constant(ity, mant)),
+                                ir.Constant(ity, (bias + 64) << mant))
+                s = builder.bitcast(e, ftype)
+                ps = builder.fmul(p, s)
+                return builder.fmul(ps, ir.Constant(ftype, 2.0 ** -64))
 
             return sig, codegen
 
         return impl
 
-    g["_scale2n_f32"] = scale2n(32, 0x4B400000, 127, 23, ir.FloatType(), types.float32)
-    g["_scale2n_f64"] = scale2n(64, 0x4338000000000000, 1023, 52, ir.DoubleType(), types.float64)
+    g["_scale2n_f32"] = scale2n(32, 23, ir.FloatType(), types.float32, 127)
+    g["_scale2n_f64"] = scale2n(64, 52, ir.DoubleType(), types.float64, 1023)
 
     @intrinsic
     def _fmax(typingctx, a, b):
@@ -1023,6 +1096,26 @@ def _jit_all():
         return sig, codegen
 
     g["_fmax"] = _fmax
+
+    @intrinsic
+    def _prefetch(typingctx, arr, idx):
+        # llvm.prefetch(&arr[idx], read, high locality, data cache): a hint,
+        # never a fault, and only ever given indices inside arr
+        sig = types.void(arr, idx)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    g["_prefetch"] = _prefetch
 
     @overload(_exp)
     def _exp_ol(x):

@@ -109,6 +109,46 @@ def test_grad_only_equals_fused(backend, reduction):
     np.testing.assert_array_equal(l1, l2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [7, 64, 100, 1000, 4099])
+def test_loss_only_equals_fused_loss_bit_for_bit(backend, C, dtype):
+    # the compiled kernels sum exps in float blocks with the target's block
+    # exact; the loss-only call must sum alike (same rows, same order)
+    rng = np.random.default_rng(C)
+    x = (3 * rng.standard_normal((40, C))).astype(dtype)
+    x[0, :] = 0.0  # a uniform row
+    x[1, 5 % C] = 40.0  # a confident row: p_y - 1 tiny at the target
+    t = rng.integers(0, C, 40)
+    t[1] = 5 % C
+    l1 = fastxent.cross_entropy(x, t, reduction="none", backend=backend)
+    l2, _ = fastxent.cross_entropy_with_grad(x, t, reduction="none", backend=backend)
+    np.testing.assert_array_equal(l1, l2)
+    xi = x.copy()
+    l4, _ = fastxent.cross_entropy_with_grad(xi, t, reduction="none", backend=backend, out=xi)
+    np.testing.assert_array_equal(l1, l4)  # in place
+
+
+@pytest.mark.parametrize("C", [100, 4099, 32000])
+def test_confident_rows_target_gradient_float32(backend, C):
+    # p_y = 1 - d for d down to 1e-9: the target gradient -(S - e_y) / S must
+    # keep its relative accuracy (SPEC: 2e-6 of the row's largest gradient,
+    # which is |g_y| here) even though S is summed in float blocks
+    gaps = np.array([1e-2, 1e-4, 1e-6, 1e-9])
+    rows = []
+    rng = np.random.default_rng(0)
+    for d in gaps:
+        r = rng.uniform(-3.0, 0.0, C)
+        # choose x_y so that sum_{c != y} exp(x_c - x_y) = d
+        rest = np.log(np.sum(np.exp(r[1:])))
+        r[0] = rest - np.log(d)
+        rows.append(r)
+    x = np.array(rows, dtype=np.float32)
+    t = np.zeros(len(gaps), dtype=np.int64)
+    _, g = fastxent.cross_entropy_with_grad(x, t, reduction="sum", backend=backend)
+    _, eg = O.cross_entropy(x, t, reduction="sum")
+    O.assert_grad_close(g, eg, O.grad_tol(np.float32))
+
+
 def test_grad_output_scales_linearly(backend):
     x, t, kw, _ = make("soft", OPTIONS["all"], "NC", 4)
     kw.pop("ignore", None)
