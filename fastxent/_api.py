@@ -134,13 +134,12 @@ def _check_out(
     for name, arr in inputs:
         if not isinstance(arr, np.ndarray):
             continue
-        if inplace_ok is arr and _same_array(out, arr):
+        if not _overlaps(out, arr) or (inplace_ok is arr and _same_array(out, arr)):
             continue
-        if _overlaps(out, arr):
-            raise ValueError(
-                "out overlaps %s; pass the logits themselves as out= for an "
-                "in-place result, or a separate array" % name
-            )
+        raise ValueError(
+            "out overlaps %s; pass the logits themselves as out= for an "
+            "in-place result, or a separate array" % name
+        )
     return out
 
 
