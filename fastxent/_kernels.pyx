@@ -74,9 +74,9 @@ cdef extern from "_kernels_simd.h" nogil:
                              const double *, double, double *, double *,
                              int64_t, int)
     double fx_sumexp_f32(const float *, float, float *, int64_t, int64_t,
-                         const float *)
+                         const float *, double *)
     double fx_sumexp_f64(const double *, double, double *, int64_t, int64_t,
-                         const double *)
+                         const double *, double *)
     float fx_expf_any(float)
     double fx_exp_any(double)
     const char *fx_select(int want_avx2)
@@ -162,13 +162,13 @@ def _exp_le0(floating[::1] x):
     import numpy as np
     out = np.empty(x.shape[0], dtype=np.float32 if floating is float else np.float64)
     cdef floating[::1] o = out
-    cdef double s
+    cdef double s, rest
     if x.shape[0] == 0:
         return out, 0.0
     if floating is float:
-        s = fx_sumexp_f32(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0])
+        s = fx_sumexp_f32(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0], &rest)
     else:
-        s = fx_sumexp_f64(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0])
+        s = fx_sumexp_f64(&x[0], 0.0, &o[0], x.shape[0], -1, &x[0], &rest)
     return out, s
 
 

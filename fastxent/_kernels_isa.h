@@ -278,23 +278,27 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
     return s;
 }
 
-/* fx_sumexp for float32 rows (AVX2).  Element y (y >= 0) and the 7 around it
- * stay out of the float blocks and are summed exactly: the target gradient
- * p_y - 1 = -(S - e_y) / S is formed from S, and a float rounding of e_y = 1
- * would be an absolute error in S - e_y, however small S - e_y is.
+/* fx_sumexp for float32 rows (AVX2): the spans on either side of the target
+ * y (y >= 0) in float blocks, e_y alone; returns S = R + e_y and R, the sum
+ * of the e_c, c != y, from which p_y - 1 = -R / S is formed without
+ * cancelling (S - e_y would lose R to the rounding of S when p_y ~ 1).
  * pf: n elements to prefetch into cache meanwhile (the next row, so that its
  * max pass finds it there; x itself when there is none). */
 static FX_TARGET double
 fx_sumexp_f32v_avx2(const float *x, float sh, float *out, int64_t n,
-                    int64_t y, const float *pf)
+                    int64_t y, const float *pf, double *rest)
 {
 #define FX_SPAN(a, b) \
     (out ? fx_sumexp_span_f32_avx2(x, sh, out, (a), (b), pf, 1) \
          : fx_sumexp_span_f32_avx2(x, sh, out, (a), (b), pf, 0))
     if (y < 0 || y >= n)
-        return FX_SPAN(0, n);
-    const int64_t y0 = y & ~(int64_t)7, y1 = y0 + 8 < n ? y0 + 8 : n;
-    return FX_SPAN(0, y0) + FX_SPAN(y0, y1) + FX_SPAN(y1, n);
+        return *rest = FX_SPAN(0, n);
+    const double R = FX_SPAN(0, y) + FX_SPAN(y + 1, n);
+    const float ey = fx_expf_le0_avx2(x[y] - sh);
+    if (out)
+        out[y] = ey;
+    *rest = R;
+    return R + (double)ey;
 #undef FX_SPAN
 }
 
@@ -397,7 +401,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     const __m256i tm = T->tail;
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     const float *w = (const float *)A->w;
-    double S[8], sh[8], xy[8], wy[8], ey[8], bad[8];
+    double S[8], Rs[8], sh[8], xy[8], wy[8], ey[8], bad[8];
     float mf[8];
     float eb[8 * FX_SMALL_CMAX + 8], shb[8 * FX_SMALL_CMAX + 8];
     for (int r = 0; r < 8; r++)
@@ -430,9 +434,12 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     for (int64_t k = 0; k < C; k++)
         _mm256_storeu_ps(eb + 8 * k, fx_v_expf_le0_avx2(
             _mm256_sub_ps(_mm256_loadu_ps(x + 8 * k), _mm256_loadu_ps(shb + 8 * k))));
-    /* stage 4: S per row in double */
+    /* stage 4: R = sum of e_c, c != y, per row in double (e_y set aside:
+     * p_y - 1 = -R / S, where S - e_y would cancel when p_y ~ 1) */
     for (int r = 0; r < 8; r++) {
-        const float *er = eb + r * C;
+        float *er = eb + r * C;
+        ey[r] = (double)er[t[r]];
+        er[t[r]] = 0.0f;
         __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
         for (int64_t c = 0; c < nf; c += 8) {
             __m256 e = _mm256_loadu_ps(er + c);
@@ -444,10 +451,12 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
             s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
             s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
         }
-        const double Sr = fx_hsum_pd_avx2(_mm256_add_pd(s0, s1));
+        er[t[r]] = (float)ey[r];
+        const double Rr = fx_hsum_pd_avx2(_mm256_add_pd(s0, s1));
+        const double Sr = Rr + ey[r];
         bad[r] = (isfinite(mf[r]) && !isnan(Sr)) ? 0.0 : 1.0;
         S[r] = bad[r] != 0.0 ? 1.0 : Sr; /* finite, >= 1 for the vector log */
-        ey[r] = (double)er[t[r]];
+        Rs[r] = Rr;
     }
     const __m256d zero = _mm256_setzero_pd();
     const __m256d nan = _mm256_set1_pd(NAN);
@@ -475,15 +484,17 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
         const __m256d gn = gp ? _mm256_loadu_pd(gp + h) : _mm256_set1_pd(gscalar);
         const __m256d a = _mm256_mul_pd(gn, cs);
         const __m256d aw = _mm256_mul_pd(a, wyv);
-        __m256d K = aw;
+        __m256d k2 = zero;
         if (hz) { /* ((gn z_scale) 2) z lse, as fx_ce_row */
             const __m256d b2 = _mm256_mul_pd(_mm256_mul_pd(gn, _mm256_set1_pd(A->z_scale)),
                                              _mm256_set1_pd(2.0));
-            K = _mm256_add_pd(K, _mm256_mul_pd(_mm256_mul_pd(b2, _mm256_set1_pd(A->z)), lse));
+            k2 = _mm256_mul_pd(_mm256_mul_pd(b2, _mm256_set1_pd(A->z)), lse);
         }
-        const __m256d ks = _mm256_div_pd(K, Sv);
-        /* target entry in double: e_y ks - a w_y (p_y - 1 would cancel) */
-        const __m256d dy = _mm256_sub_pd(_mm256_mul_pd(_mm256_loadu_pd(ey + h), ks), aw);
+        const __m256d ks = _mm256_div_pd(_mm256_add_pd(aw, k2), Sv);
+        /* target entry in double: e_y k2 / S - a w_y R / S, as fx_ce_row */
+        const __m256d dy = _mm256_sub_pd(
+            _mm256_mul_pd(_mm256_loadu_pd(ey + h), _mm256_div_pd(k2, Sv)),
+            _mm256_mul_pd(aw, _mm256_div_pd(_mm256_loadu_pd(Rs + h), Sv)));
         _mm256_storeu_pd(ksd + h, _mm256_blendv_pd(ks, nan, bd));
         _mm256_storeu_pd(dyd + h, _mm256_blendv_pd(dy, nan, bd));
     }
@@ -534,13 +545,21 @@ fx_ce_small8g_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     __m256 amx = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), mx);
     if (_mm256_movemask_ps(_mm256_cmp_ps(amx, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)))
         return 0;
-    __m256d S0 = _mm256_setzero_pd(), S1 = _mm256_setzero_pd();
+    /* R = sum of e_c, c != y, and e_y per lane: p_y - 1 = -R / S */
+    __m256d R0 = _mm256_setzero_pd(), R1 = _mm256_setzero_pd();
+    __m256 ey = _mm256_setzero_ps();
     for (int64_t c = 0; c < C; c++) {
         __m256 e = fx_v_expf_le0_avx2(_mm256_sub_ps(xb[c], mx));
         eb[c] = e;
-        S0 = _mm256_add_pd(S0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        S1 = _mm256_add_pd(S1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        __m256 isy = _mm256_castsi256_ps(_mm256_cmpeq_epi32(y32, _mm256_set1_epi32((int)c)));
+        ey = _mm256_blendv_ps(ey, e, isy);
+        __m256 eo = _mm256_andnot_ps(isy, e);
+        R0 = _mm256_add_pd(R0, _mm256_cvtps_pd(_mm256_castps256_ps128(eo)));
+        R1 = _mm256_add_pd(R1, _mm256_cvtps_pd(_mm256_extractf128_ps(eo, 1)));
     }
+    const __m256d ey0 = _mm256_cvtps_pd(_mm256_castps256_ps128(ey));
+    const __m256d ey1 = _mm256_cvtps_pd(_mm256_extractf128_ps(ey, 1));
+    const __m256d S0 = _mm256_add_pd(R0, ey0), S1 = _mm256_add_pd(R1, ey1);
     /* NaN in a row: S is NaN (S >= 1 otherwise, finite as C e <= C) */
     if (_mm256_movemask_pd(_mm256_cmp_pd(S0, S1, _CMP_UNORD_Q)))
         return 0;
@@ -586,20 +605,20 @@ fx_ce_small8g_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     }
     const __m256d a0 = _mm256_mul_pd(gn0, cs), a1 = _mm256_mul_pd(gn1, cs);
     const __m256d aw0 = _mm256_mul_pd(a0, wy0), aw1 = _mm256_mul_pd(a1, wy1);
-    __m256d K0 = aw0, K1 = aw1;
+    __m256d k20 = _mm256_setzero_pd(), k21 = _mm256_setzero_pd();
     if (hz) {
         const __m256d zs = _mm256_set1_pd(A->z_scale), z2 = _mm256_set1_pd(2.0 * A->z);
-        K0 = _mm256_add_pd(K0, _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn0, zs), z2), lse0));
-        K1 = _mm256_add_pd(K1, _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn1, zs), z2), lse1));
+        k20 = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn0, zs), z2), lse0);
+        k21 = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gn1, zs), z2), lse1);
     }
-    const __m256d ks0 = _mm256_div_pd(K0, S0), ks1 = _mm256_div_pd(K1, S1);
+    const __m256d ks0 = _mm256_div_pd(_mm256_add_pd(aw0, k20), S0);
+    const __m256d ks1 = _mm256_div_pd(_mm256_add_pd(aw1, k21), S1);
     const __m256 ksT = fx_cvt2_avx2(ks0, ks1);
-    /* target entries: dy = e_y ks - a w_y in double */
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 ey = _mm256_i32gather_ps((const float *)eb,
-                                          _mm256_add_epi32(_mm256_slli_epi32(y32, 3), lane), 4);
-    const __m256d dy0 = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ey)), ks0), aw0);
-    const __m256d dy1 = _mm256_sub_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(ey, 1)), ks1), aw1);
+    /* target entries in double: e_y k2 / S - a w_y R / S, as fx_ce_row */
+    const __m256d dy0 = _mm256_sub_pd(_mm256_mul_pd(ey0, _mm256_div_pd(k20, S0)),
+                                      _mm256_mul_pd(aw0, _mm256_div_pd(R0, S0)));
+    const __m256d dy1 = _mm256_sub_pd(_mm256_mul_pd(ey1, _mm256_div_pd(k21, S1)),
+                                      _mm256_mul_pd(aw1, _mm256_div_pd(R1, S1)));
     float dyf[8];
     _mm256_storeu_ps(dyf, fx_cvt2_avx2(dy0, dy1));
     for (int64_t k = 0; k < C; k++) {

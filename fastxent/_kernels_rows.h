@@ -31,34 +31,50 @@ FX_INL FX_T FX_N(fx_rowmax)(const FX_T *x, int64_t n)
     return m;
 }
 
-/* pass 2: S = sum exp(x - sh); e written to out unless out is NULL.
- * y >= 0: the target, whose p_y - 1 is formed from S (FX_SUMEXP_V keeps that
- * element exactly summed; passed with and without a gradient so that both
- * sum alike and the loss-only call equals the fused one bit for bit); -1:
- * none.  pf: a row of n elements the
- * caller reads next (FX_SUMEXP_V prefetches it; x when there is none). */
-FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n,
-                              int64_t y, const FX_T *pf)
+/* pass 2 over [a, b): sum exp(x - sh) in double, e written to out unless
+ * out is NULL */
+FX_INL double FX_N(fx_sumexp_part)(const FX_T *x, FX_T sh, FX_T *out,
+                                   int64_t a, int64_t b)
 {
-#ifdef FX_SUMEXP_V
-    return FX_SUMEXP_V(x, sh, out, n, y, pf);
-#else
     double s = 0.0;
-    (void)y; /* every element is summed in double */
-    (void)pf;
     if (out) {
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < n; i++) {
+        for (int64_t i = a; i < b; i++) {
             FX_T e = FX_EXPT(x[i] - sh);
             out[i] = e;
             s += (double)e;
         }
     } else {
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < n; i++)
+        for (int64_t i = a; i < b; i++)
             s += (double)FX_EXPT(x[i] - sh);
     }
     return s;
+}
+
+/* pass 2: returns S = sum exp(x - sh); e written to out unless out is NULL.
+ * y >= 0, the target: *rest = R, the sum of the e_c, c != y, summed apart
+ * so that p_y - 1 = -R / S does not cancel when p_y ~ 1 (S - e_y loses R to
+ * the rounding of S); y < 0: *rest = S.  The loss-only and the fused calls
+ * both pass y, so they sum alike (equal losses, bit for bit).  pf: a row of
+ * n elements the caller reads next (FX_SUMEXP_V prefetches it; x when there
+ * is none). */
+FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n,
+                              int64_t y, const FX_T *pf, double *rest)
+{
+#ifdef FX_SUMEXP_V
+    return FX_SUMEXP_V(x, sh, out, n, y, pf, rest);
+#else
+    (void)pf;
+    if (y < 0 || y >= n)
+        return *rest = FX_N(fx_sumexp_part)(x, sh, out, 0, n);
+    const double R = FX_N(fx_sumexp_part)(x, sh, out, 0, y)
+                     + FX_N(fx_sumexp_part)(x, sh, out, y + 1, n);
+    const FX_T ey = FX_EXPT(x[y] - sh);
+    if (out)
+        out[y] = ey;
+    *rest = R;
+    return R + (double)ey;
 #endif
 }
 
@@ -192,7 +208,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     const FX_T *w = (const FX_T *)A->w;
     const double eps = A->eps, s = A->softcap;
     const int smooth = eps > 0.0;
-    double shift, S, xy, sm = 0.0;
+    double shift, S, xy, sm = 0.0, R = NAN; /* R: sum of e_c, c != y */
 
     if (s == 0.0) {
         FX_T m = FX_N(fx_rowmax)(x, C);
@@ -203,7 +219,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         if (smooth)
             S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, &sm);
         else
-            S = FX_N(fx_sumexp)(x, sh, g, C, y, pf);
+            S = FX_N(fx_sumexp)(x, sh, g, C, y, pf, &R);
         shift = (double)sh;
     } else {
         double m = FX_N(fx_capfill)(x, s, xs, C);
@@ -234,11 +250,13 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
 
     /* d_c = p_c K - cw w_c - [c == y] a (1 - eps) w_y, p_c = e_c / S */
     const double a = gn * A->ce_scale, b = gn * A->z_scale;
-    double K = a * (1.0 - eps) * wy;
+    const double An = a * (1.0 - eps) * wy; /* the target's one-hot term */
+    double k2 = 0.0;                        /* the rest of K */
     if (smooth)
-        K += a * (eps / (double)C * A->wsum);
+        k2 += a * (eps / (double)C * A->wsum);
     if (A->z > 0.0)
-        K += b * 2.0 * A->z * lse;
+        k2 += b * 2.0 * A->z * lse;
+    const double K = An + k2;
     const double ks = K / S;
     const double cw = smooth ? a * eps / (double)C : 0.0;
     const double ey = (double)g[y];
@@ -265,8 +283,13 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         else
             FX_N(fx_cap_p3)(g, xs, w, ks, smooth ? cw : 0.0, 1.0 / s, C, 0);
     }
-    /* the target element in double: p_y - 1 cancels when p_y ~ 1 */
-    double dy = ey * ks - a * (1.0 - eps) * wy - cw * wy;
+    /* the target element in double: e_y K / S - An = e_y k2 / S - An R / S
+     * with R = S - e_y summed apart by pass 2 (plain rows); S - e_y would
+     * cancel when p_y ~ 1 (smoothing and softcap rows, where pass 2 does not
+     * separate R, still form it so) */
+    if (!(R == R))
+        R = S - ey;
+    double dy = ey * (k2 / S) - An * (R / S) - cw * wy;
     if (s != 0.0) {
         double dc = FX_N(fx_dcap)(xs[y], 1.0 / s);
         dy = dy * dc;
@@ -482,7 +505,8 @@ static FX_TARGET double FX_N(fx_lse_row)(const FX_T *x, int64_t C,
     if (m == (FX_T)INFINITY)
         return FX_N(fx_lse_inf_row)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
-    return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf));
+    double R;
+    return (double)sh + log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf, &R));
 }
 
 static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C,
@@ -495,7 +519,8 @@ static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C,
         return;
     }
     FX_T sh = isfinite(m) ? m : (FX_T)0;
-    double S = FX_N(fx_sumexp)(x, sh, out, C, -1, pf);
+    double R;
+    double S = FX_N(fx_sumexp)(x, sh, out, C, -1, pf, &R);
     double lse = (double)sh + log(S);
     const FX_T f = isfinite(lse) ? (FX_T)(1.0 / S) : (FX_T)NAN;
 #pragma omp simd
@@ -510,8 +535,9 @@ static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
+    double R;
     double logS = m == (FX_T)INFINITY ? (double)NAN
-                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf));
+                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf, &R));
     if (!isfinite((double)sh + logS)) {
         for (int64_t i = 0; i < C; i++)
             out[i] = (FX_T)NAN;

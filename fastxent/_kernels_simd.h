@@ -105,7 +105,8 @@ static inline void fx_sfence(void)
     double (*bcel_block_##TS)(const T *, const T *, const T *, const T *,    \
                               int64_t, int64_t, double, const double *,      \
                               double, T *, T *, int64_t, int);               \
-    double (*sumexp_##TS)(const T *, T, T *, int64_t, int64_t, const T *);   \
+    double (*sumexp_##TS)(const T *, T, T *, int64_t, int64_t, const T *,   \
+                          double *);                                         \
     float (*expf_##TS)(float);                                               \
     double (*exp_##TS)(double);
 

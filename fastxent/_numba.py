@@ -272,23 +272,23 @@ def _row_expstore_inplace(g, shift, vn):
 
 def _row_expsum(v, shift, e, vn, y):
     """``e_c = exp(v_c - shift)`` in ``e``'s dtype (``e`` must not alias
-    ``v``), and ``S = sum e`` in float64, as the Cython kernels: blocks of
-    _SUM_BLOCK exps are added in ``e``'s dtype first (in the exp loop, which
-    LLVM vectorises with 8 float32 lanes and a few accumulators: a handful of
-    roundings, relative error < 4e-7 of a block of terms <= 1), then in
-    float64; faster than converting every exp (the loss at (4096, 32000)
-    float32 on 2 threads: 1.2x).  The block holding element ``y`` (the
-    target, ``-1`` for none) is summed exactly in float64: the target
-    gradient ``p_y - 1 = -(S - e_y) / S`` is formed from S, and a rounding of
-    ``e_y = 1`` would be an absolute error in ``S - e_y``, however small that
-    is.  The loss-only paths call this too (storing into a scratch row): the
-    same loop sums alike, so a loss equals the fused call's bit for bit (a
-    copy of the loop without the store vectorises differently).  Prefetches
-    ``vn`` (see _row_expstore)."""
+    ``v``); returns ``(S, R)`` in float64: ``S = sum e`` and ``R`` the sum of
+    the ``e_c``, ``c != y`` (``y`` the target, ``-1`` for none: ``R = S``),
+    from which ``p_y - 1 = -R / S`` is formed without cancelling (``S - e_y``
+    loses R to the rounding of S when ``p_y ~ 1``).  As the Cython kernels,
+    blocks of _SUM_BLOCK exps are added in ``e``'s dtype first (in the exp
+    loop, which LLVM vectorises with 8 float32 lanes and a few accumulators:
+    a handful of roundings, relative error < 4e-7 of a block of terms <= 1),
+    then in float64; faster than converting every exp (the loss at (4096,
+    32000) float32 on 2 threads: 1.2x).  The block holding ``y`` is summed
+    element by element in float64, ``e_y`` left out.  The loss-only paths
+    call this too (storing into a scratch row): the same loop sums alike, so
+    a loss equals the fused call's bit for bit (a copy of the loop without the
+    store vectorises differently).  Prefetches ``vn`` (see _row_expstore)."""
     n = v.shape[0]
     nb = n - n % _PF_BLOCK
     step = 64 // vn.itemsize
-    s = 0.0
+    r = 0.0
     for b in range(0, nb, _SUM_BLOCK):
         vb = v[b:b + _SUM_BLOCK]
         eb = e[b:b + _SUM_BLOCK]
@@ -296,22 +296,25 @@ def _row_expsum(v, shift, e, vn, y):
             for c in range(_SUM_BLOCK):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
-                s += np.float64(ec)
+                if b + c != y:
+                    r += np.float64(ec)
         else:
             t = _as(e, 0.0)
             for c in range(_SUM_BLOCK):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
                 t += ec
-            s += np.float64(t)
+            r += np.float64(t)
         if b % _PF_BLOCK == 0:
             for c in range(b, b + _PF_BLOCK, step):
                 _prefetch(vn, c)
     for c in range(nb, n):
         ec = _exp(_as(e, v[c] - shift))
         e[c] = ec
-        s += np.float64(ec)
-    return s
+        r += np.float64(ec) if c != y else 0.0
+    if 0 <= y < n:
+        return r + np.float64(e[y]), r
+    return r, r
 
 
 def _row_copy(dst, src):
@@ -457,7 +460,7 @@ def _logsumexp_rows(X, out, r0, r1):
             out[r] = _INF if not np.isnan(x).any() else _NAN
             continue
         sh = _shift_of(m)
-        s = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
+        s, _ = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
         out[r] = np.float64(sh) + np.log(s)
 
 
@@ -471,7 +474,7 @@ def _softmax_rows(X, out, r0, r1):
         if inplace:  # _row_expsum's rows must not alias
             _row_copy(buf, x)
             x = buf
-        s = _row_expsum(x, sh, o, _next_row(X, r, r1), -1)
+        s, _ = _row_expsum(x, sh, o, _next_row(X, r, r1), -1)
         if np.isfinite(np.float64(sh) + np.log(s)):
             _row_scale(o, _as(o, 1.0 / s))
         else:
@@ -485,7 +488,8 @@ def _log_softmax_rows(X, out, r0, r1):
         x = X[r]
         o = out[r]
         sh = _shift_of(_row_max(x))
-        logs = np.log(_row_expsum(x, sh, buf, _next_row(X, r, r1), -1))
+        s, _ = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
+        logs = np.log(s)
         # (x - shift) - logs: exact where |shift| dwarfs logs
         if not np.isfinite(np.float64(sh) + logs):
             _fill(o, _as(o, _NAN))
@@ -542,7 +546,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             elif smooth:
                 sx = _row_below_sum(xs, shift)
             xy = xs[y]
-            s = _row_expsum(xs, shift, grad_out[r] if do_grad else buf, xs, y)
+            s, rest = _row_expsum(xs, shift, grad_out[r] if do_grad else buf, xs, y)
         else:
             m = _row_max(x)
             sh = _shift_of(m)
@@ -555,8 +559,8 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             if inplace:  # _row_expsum's rows must not alias
                 _row_copy(buf, x)
                 x = buf
-            s = _row_expsum(x, sh, grad_out[r] if do_grad else buf,
-                            _next_row(X, r, r1), y)
+            s, rest = _row_expsum(x, sh, grad_out[r] if do_grad else buf,
+                                  _next_row(X, r, r1), y)
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):
@@ -593,9 +597,9 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             _row_scale_subw(g, _as(g, k), _as(g, B), weight)
         else:
             _row_scale_sub(g, _as(g, k), _as(g, B))
-        # the target in float64, with p_y - 1 = -(S - e_y) / S: no cancellation
-        # when p_y is close to 1
-        dy = ey * (k2 / s) - A * ((s - ey) / s) - B * (wy if has_w else 1.0)
+        # the target in float64, with p_y - 1 = -R / S (R = sum_{c != y} e_c
+        # summed apart): no cancellation when p_y is close to 1
+        dy = ey * (k2 / s) - A * (rest / s) - B * (wy if has_w else 1.0)
         if capped:
             _row_capslope(g, xs, softcap)
             t = xs[y] / softcap
@@ -658,9 +662,10 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 for c in range(C):
                     gf[o + c] = zero
                 continue
-            s = 0.0
+            rest = 0.0  # sum_{c != y} e_c: p_y - 1 = -rest / s
             for c in range(C):
-                s += np.float64(gf[o + c])
+                rest += np.float64(gf[o + c]) if c != y else 0.0
+            s = rest + np.float64(gf[o + y])
             shift = shb[r - q0]
             xy = xyb[r - q0]
             logs = np.log(s)
@@ -699,7 +704,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 else:
                     for c in range(C):
                         gf[o + c] = gf[o + c] * kk - bb
-            gf[o + y] = ey * (k2 / s) - A * ((s - ey) / s) - B * wy
+            gf[o + y] = ey * (k2 / s) - A * (rest / s) - B * wy
 
 
 def _row_exp_inplace(g):

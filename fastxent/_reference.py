@@ -209,17 +209,19 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     coef = a * ((1 - eps) * wy + eps * wsum / C)
     if z > 0:
         coef = coef + b * 2 * z * lse
-    # The target column in float64 with p_y - 1 = expm1(logp_y): p_y * coef -
-    # a (1-eps) w_y cancels when p_y is near 1, which float32 cannot afford.
+    slope = _softcap_slope(xs, softcap) if softcap else None
+    _probs_into(grad_out, xs, shift, logsum)  # grad_out may be X (= xs): reads are done
+    # The target column in float64 with p_y - 1 = -sum_{c != y} p_c: p_y * coef
+    # - a (1-eps) w_y, or exp(logp_y) - 1, cancels when p_y is near 1.
+    p_y = grad_out[rows, y].astype(np.float64)
+    grad_out[rows, y] = 0
+    pm1_y = -_rowsum64(grad_out)
     with np.errstate(invalid="ignore", over="ignore"):
-        pm1_y = np.expm1((xs[rows, y] - shift) - logsum)
-        g_y = a * (1 - eps) * wy * pm1_y + (pm1_y + 1) * (coef - a * (1 - eps) * wy)
+        g_y = a * (1 - eps) * wy * pm1_y + p_y * (coef - a * (1 - eps) * wy)
         if eps > 0:
             g_y -= a * eps / C * (w[y] if w is not None else 1.0)
-    slope = _softcap_slope(xs, softcap) if softcap else None
     if slope is not None:
         g_y *= slope[rows, y]
-    _probs_into(grad_out, xs, shift, logsum)  # grad_out may be X (= xs): reads are done
     with np.errstate(invalid="ignore", over="ignore"):
         grad_out *= coef[:, None].astype(grad_out.dtype)
         if eps > 0:

@@ -164,7 +164,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
             ce = (1 - eps) * nll + (eps * smooth if eps else 0.0)
             onehot = np.zeros((R, C))
             onehot[np.arange(R), y] = 1.0
-            dce = (1 - eps) * w[y][:, None] * (p - onehot)
+            pm = p - onehot
+            # p_y - 1 = -sum_{c != y} p_c: no cancellation when p_y ~ 1
+            pm[np.arange(R), y] = -np.sum(np.where(onehot == 1.0, 0.0, p), axis=1)
+            dce = (1 - eps) * w[y][:, None] * pm
             if eps:
                 dce = dce + eps / C * (w.sum() * p - w[None, :])
         zl = z * lse ** 2 if z else np.zeros(R)

@@ -87,14 +87,11 @@ def test_numba_float64_loss_only_order_known_difference(C):
     np.testing.assert_allclose(l1, l2, rtol=1e-14)  # only the last bits
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "float64 target gradient p_y - 1 is formed from S (e_y K / S - A, or "
-    "(S - e_y) / S), which cancels when p_y is close to 1: relative error "
-    "~1e-16 / (1 - p_y), over SPEC's 1e-12 for 1 - p_y < 1e-4 (numba and numpy "
-    "here: 8e-11; cython's per-row code passes these rows, not all: 1.8e-12 on "
-    "a row of 3 * randn); float32 forms it in float64 and is unaffected. Fix: "
-    "sum the e_c, c != y, apart. Known, not yet fixed."))
 def test_float64_confident_target_gradient(backend):
+    # p_y - 1 formed as -R / S with R = sum_{c != y} e_c summed apart: from S
+    # (e_y K / S - A, or (S - e_y) / S) it cancels when p_y ~ 1, a relative
+    # error ~1e-16 / (1 - p_y), over SPEC's 1e-12 once 1 - p_y < 1e-4 (all
+    # three backends did, 8e-11 on these rows, before the fix)
     d = np.linspace(9.0, 15.0, 41)  # 1 - p_y from 1.2e-4 down to 3e-7
     x = np.stack([d, np.zeros_like(d)], axis=1)
     t = np.zeros(len(d), dtype=np.int64)
