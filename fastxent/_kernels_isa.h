@@ -434,24 +434,30 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     for (int64_t k = 0; k < C; k++)
         _mm256_storeu_ps(eb + 8 * k, fx_v_expf_le0_avx2(
             _mm256_sub_ps(_mm256_loadu_ps(x + 8 * k), _mm256_loadu_ps(shb + 8 * k))));
-    /* stage 4: R = sum of e_c, c != y, per row in double (e_y set aside:
-     * p_y - 1 = -R / S, where S - e_y would cancel when p_y ~ 1) */
+    /* stage 4: R = sum of e_c, c != y, per row in double (e_y masked out:
+     * p_y - 1 = -R / S, where S - e_y would cancel when p_y ~ 1; a mask, as
+     * zeroing e_y in place would stall the loads on the store) */
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int r = 0; r < 8; r++) {
-        float *er = eb + r * C;
+        const float *er = eb + r * C;
+        const __m256i yv = _mm256_set1_epi32((int)t[r]);
         ey[r] = (double)er[t[r]];
-        er[t[r]] = 0.0f;
         __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
         for (int64_t c = 0; c < nf; c += 8) {
-            __m256 e = _mm256_loadu_ps(er + c);
+            __m256 isy = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+                _mm256_add_epi32(iota, _mm256_set1_epi32((int)c)), yv));
+            __m256 e = _mm256_andnot_ps(isy, _mm256_loadu_ps(er + c));
             s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
             s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
         }
         if (tl) {
-            __m256 e = _mm256_and_ps(_mm256_loadu_ps(er + nf), _mm256_castsi256_ps(tm));
+            __m256 isy = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+                _mm256_add_epi32(iota, _mm256_set1_epi32((int)nf)), yv));
+            __m256 e = _mm256_and_ps(_mm256_andnot_ps(isy, _mm256_loadu_ps(er + nf)),
+                                     _mm256_castsi256_ps(tm));
             s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
             s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
         }
-        er[t[r]] = (float)ey[r];
         const double Rr = fx_hsum_pd_avx2(_mm256_add_pd(s0, s1));
         const double Sr = Rr + ey[r];
         bad[r] = (isfinite(mf[r]) && !isnan(Sr)) ? 0.0 : 1.0;
