@@ -519,9 +519,10 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             wsum += np.float64(weight[c])
     else:
         wsum = np.float64(C)
-    if do_grad and not capped and C < _FLAT_C:
+    if not capped and C < _FLAT_C:
         _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale,
-                     z_scale, gscalar, gout, loss_out, grad_out, wsum, r0, r1)
+                     z_scale, gscalar, gout, loss_out, grad_out, wsum,
+                     do_grad, r0, r1)
         return
     xs = np.empty(C if capped else 0, np.float64)  # softcapped row (scratch)
     buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
@@ -609,28 +610,34 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
 
 
 def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
-                 gscalar, gout, loss_out, grad_out, wsum, r0, r1):
-    """``_ce_int_rows`` with the gradient for few classes, no softcap: blocks
-    of rows, each row's pass 1 and ``x - shift`` written inline, one flat exp
-    over the block (full vector lanes), then per-row sums, loss and pass 3.
-    Scalar loops over flat indices and no per-row helper calls: a call with
-    array arguments (reference counts) costs more than a 10-class row."""
+                 gscalar, gout, loss_out, grad_out, wsum, do_grad, r0, r1):
+    """``_ce_int_rows`` for few classes, no softcap: blocks of rows, each
+    row's pass 1 and ``x - shift`` written inline, one flat exp over the
+    block (full vector lanes), then per-row sums, loss and pass 3.  Scalar
+    loops over flat indices and no per-row helper calls: a call with array
+    arguments (reference counts) costs more than a 10-class row.  The exps
+    go into the gradient rows, or without ``do_grad`` into a scratch block:
+    the loss-only call runs the same sums (equal losses, bit for bit)."""
     R = X.shape[0]
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
     smooth = eps > 0.0
     xf = X.reshape(R * C)
-    gf = grad_out.reshape(R * C)
     RB = max(1, _FLAT_ELEMENTS // C)
+    # work rows: the gradient (row r at r * C), or a scratch block (row r at
+    # (r - q0) * C)
+    gf = grad_out.reshape(grad_out.shape[0] * C) if do_grad else np.empty(RB * C, X.dtype)
     shb = np.empty(RB, np.float64)
     sxb = np.empty(RB, np.float64)
     xyb = np.empty(RB, np.float64)
     zero = _as(gf, 0.0)
     for q0 in range(r0, r1, RB):
         q1 = min(r1, q0 + RB)
+        base = 0 if do_grad else q0 * C
         for r in range(q0, q1):
             o = r * C
+            ow = o - base
             y = target[r]
             if y == ignore_index:
                 continue
@@ -652,15 +659,16 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             shb[r - q0] = np.float64(sh)
             sxb[r - q0] = sx
             for c in range(C):
-                gf[o + c] = xf[o + c] - sh
-        _row_exp_inplace(gf[q0 * C:q1 * C])
+                gf[ow + c] = xf[o + c] - sh
+        _row_exp_inplace(gf[q0 * C - base:q1 * C - base])
         for r in range(q0, q1):
-            o = r * C
+            o = r * C - base  # the work row (the exps)
             y = target[r]
             if y == ignore_index:
                 loss_out[r] = 0.0
-                for c in range(C):
-                    gf[o + c] = zero
+                if do_grad:
+                    for c in range(C):
+                        gf[o + c] = zero
                 continue
             rest = 0.0  # sum_{c != y} e_c: p_y - 1 = -rest / s
             for c in range(C):
@@ -672,8 +680,9 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             lse = shift + logs
             if not np.isfinite(lse):
                 loss_out[r] = _NAN
-                for c in range(C):
-                    gf[o + c] = _as(gf, _NAN)
+                if do_grad:
+                    for c in range(C):
+                        gf[o + c] = _as(gf, _NAN)
                 continue
             wy = np.float64(weight[y]) if has_w else 1.0
             cn = (1.0 - eps) * wy
@@ -684,6 +693,8 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             if z > 0.0:
                 loss += z_scale * (z * lse * lse)
             loss_out[r] = loss
+            if not do_grad:
+                continue
             gn = gout[r] if has_g else gscalar
             a = gn * ce_scale
             A = a * (1.0 - eps) * wy
