@@ -25,13 +25,13 @@ Design
   (float32: the vectorised exp and a Cephes ``logf``-based ``log1p``, one
   ``exp(-|x|)`` shared by softplus and the sigmoids), the block's losses
   summed in float64 by a second loop.
-* ``exp`` is a Cephes-style polynomial (Cody-Waite reduction, ``2**n`` built
-  from exponent bits with integer ops) that LLVM vectorises to 8 float32 or
-  4 float64 lanes; libm's scalar exp is several times slower and Numba has no
-  SVML here. Measured against a float64 (float32) / long double (float64)
-  exp: max 1.01 ULP (float32) and 0.88 ULP (float64) over the normal range,
-  ``-inf -> 0``, ``+inf -> inf``, ``NaN -> NaN``; results below the smallest
-  normal number flush to 0.
+* ``exp`` (of ``x <= 0``: every exp the kernels take) is the Cython kernels'
+  ``fx_expf_le0``, operation for operation: Cody-Waite reduction, a degree-6
+  polynomial, ``2**n`` applied as ``2**(n+64)`` then ``2**-64`` with integer
+  ops, which LLVM vectorises to 8 float32 or 4 float64 lanes; libm's scalar
+  exp is several times slower and Numba has no SVML here. 1.0 ULP in float32
+  and float64 (tests/test_exp.py), subnormal results correctly rounded,
+  ``-inf -> 0``, ``NaN -> NaN`` (a ``+inf`` row is handled before it).
 * Fast-math is never global: the exp gets ``{'nsz', 'arcp', 'contract',
   'afn'}`` (no ``reassoc``, which would fold the range reduction away and cost
   4.5 ULP), loops that reduce get ``'reassoc'`` added so their float64 sums
