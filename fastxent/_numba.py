@@ -855,8 +855,10 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
     Elementwise in ``X``'s dtype (float32: the vectorised exp and ``log1p``,
     8 lanes; float64: libm's ``log1p``), one ``e = exp(-|x|)`` shared by
     softplus and the sigmoids; the block's losses go to a scratch row and are
-    summed in float64 by a second loop (a float64 sum in the element loop
-    would halve its vector width)."""
+    summed in float64 by ``_row_sum64`` (a float64 sum in the element loop
+    would halve its vector width).  No ``reassoc`` here, only in that sum: it
+    let LLVM form ``(scale * w) * l`` for ``scale * (w * l)``, a finite mean
+    where the other backends' float32 element loss overflows to inf."""
     n = X.shape[0]
     L = PW.shape[0]
     has_w = W.shape[0] > 0
@@ -920,9 +922,7 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
             gg = gout[i0:i1]
             for k in range(m):
                 gb[k] = _as(gb, gg[k] * np.float64(gb[k]))
-        acc = 0.0
-        for k in range(m):
-            acc += np.float64(lb[k])
+        acc = _row_sum64(lb[:m])
         if has_l:
             lo = loss_out[i0:i1]
             for k in range(m):
@@ -1042,7 +1042,7 @@ _SERIAL = {
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None,
     "_row_exp_inplace": _FM_ELT, "_ce_soft_rows": None,
-    "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_RED,
+    "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
 }
 _PARALLEL = (
     "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",

@@ -387,3 +387,19 @@ def test_bce_readonly_and_strided_inputs(backend):
     p = 1 / (1 + np.exp(-x))
     p.setflags(write=False)
     np.testing.assert_array_equal(fastxent.binary_cross_entropy(p, ry, weight=rw, reduction="none", backend=backend), ref_p[0])
+
+
+def test_float32_element_loss_overflow_gives_inf_mean(backend):
+    # found by the slow hypothesis run: w * l overflows float32 for the first
+    # and last elements (1.99 * 2.33e38), so their float32 losses are inf and
+    # so is the mean; Numba once let LLVM reassociate scale * (w * l) into
+    # (scale * w) * l and returned a finite mean
+    x = np.array([2.3303783e38, -1.4015664e38, 2.4842273e38], dtype=np.float32)
+    y = np.zeros(3, np.float32)
+    w = np.array([1.99199401, 1.52171934, 1.81847792])
+    none = fastxent.binary_cross_entropy_with_logits(x, y, weight=w, reduction="none",
+                                                     backend=backend)
+    np.testing.assert_array_equal(none, np.float32([np.inf, 0.0, np.inf]))
+    for red in ("mean", "sum"):
+        assert fastxent.binary_cross_entropy_with_logits(
+            x, y, weight=w, reduction=red, backend=backend) == np.inf
