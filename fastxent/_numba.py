@@ -502,6 +502,34 @@ def _log_softmax_rows(X, out, r0, r1):
 # ================================================ cross-entropy, int targets
 
 
+def _ce_row_loss(shift, xy, logs, sx, wy, eps, z, wsum, C, ce_scale, z_scale):
+    """One row's loss from its shift, ``x_y``, ``log S`` and smoothing sum
+    ``sx = sum_c w_c (shift - x_c)``: ``-logp_y = logs + (shift - x_y)``,
+    ``-sum_c w_c logp_c = wsum logs + sx``; a zero coefficient adds exactly 0."""
+    lse = shift + logs
+    cn = (1.0 - eps) * wy
+    ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
+    if eps > 0.0:
+        ce += eps / C * (wsum * logs + sx)
+    loss = ce_scale * ce
+    if z > 0.0:
+        loss += z_scale * (z * lse * lse)
+    return loss
+
+
+def _ce_row_coefs(gn, wy, eps, z, wsum, C, ce_scale, z_scale, lse):
+    """``(A, B, k2)`` of pass 3: ``d_c = e_c (A + k2) / S - B w_c``, and
+    ``-A`` more at the target, with ``A = a (1-eps) w_y``, ``B = a eps / C``,
+    ``k2 = B wsum + 2 b z lse`` (``a``, ``b``: the grad_output scales)."""
+    a = gn * ce_scale
+    A = a * (1.0 - eps) * wy
+    B = a * eps / C
+    k2 = B * wsum
+    if z > 0.0:
+        k2 += 2.0 * (gn * z_scale) * z * lse
+    return A, B, k2
+
+
 def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                  ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
                  do_grad, r0, r1):
@@ -569,27 +597,13 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             if do_grad:
                 _fill(grad_out[r], _as(grad_out, _NAN))
             continue
-        # -logp_y = lse - xs_y; -sum_c w_c logp_c = wsum logs + sum_c w_c (shift - xs_c)
-        cn = (1.0 - eps) * wy  # a zero coefficient adds exactly 0
-        ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
-        if smooth:
-            ce += eps / C * (wsum * logs + sx)
-        loss = ce_scale * ce
-        if z > 0.0:
-            loss += z_scale * (z * lse * lse)
-        loss_out[r] = loss
+        loss_out[r] = _ce_row_loss(shift, xy, logs, sx, wy, eps, z, wsum, C,
+                                   ce_scale, z_scale)
         if not do_grad:
             continue
-        # pass 3: d_c = e_c K - B w_c, and -A at the target, where
-        # A = a (1-eps) w_y, B = a eps / C, K = (A + B wsum + 2 b z lse) / S
         g = grad_out[r]
-        gn = gout[r] if has_g else gscalar
-        a = gn * ce_scale
-        A = a * (1.0 - eps) * wy
-        B = a * eps / C
-        k2 = B * wsum
-        if z > 0.0:
-            k2 += 2.0 * (gn * z_scale) * z * lse
+        A, B, k2 = _ce_row_coefs(gout[r] if has_g else gscalar, wy, eps, z,
+                                 wsum, C, ce_scale, z_scale, lse)
         k = (A + k2) / s
         ey = np.float64(g[y])
         if B == 0.0:
@@ -685,23 +699,12 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                         gf[o + c] = _as(gf, _NAN)
                 continue
             wy = np.float64(weight[y]) if has_w else 1.0
-            cn = (1.0 - eps) * wy
-            ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
-            if smooth:
-                ce += eps / C * (wsum * logs + sxb[r - q0])
-            loss = ce_scale * ce
-            if z > 0.0:
-                loss += z_scale * (z * lse * lse)
-            loss_out[r] = loss
+            loss_out[r] = _ce_row_loss(shift, xy, logs, sxb[r - q0], wy, eps, z,
+                                       wsum, C, ce_scale, z_scale)
             if not do_grad:
                 continue
-            gn = gout[r] if has_g else gscalar
-            a = gn * ce_scale
-            A = a * (1.0 - eps) * wy
-            B = a * eps / C
-            k2 = B * wsum
-            if z > 0.0:
-                k2 += 2.0 * (gn * z_scale) * z * lse
+            A, B, k2 = _ce_row_coefs(gout[r] if has_g else gscalar, wy, eps, z,
+                                     wsum, C, ce_scale, z_scale, lse)
             kk = _as(gf, (A + k2) / s)
             ey = np.float64(gf[o + y])
             if B == 0.0:
@@ -1030,7 +1033,8 @@ def _threads_seen_par(n, nslots):
 # name -> fastmath flags (None: none) of the serial helpers
 _SERIAL = {
     "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_log1p32": _FM_EXP,
-    "_row_max": None, "_next_row": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
+    "_row_max": None, "_next_row": None, "_ce_row_loss": None,
+    "_ce_row_coefs": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
     "_row_expstore": _FM_ELT, "_row_expstore_inplace": _FM_ELT,
     "_row_expsum": _FM_RED, "_row_copy": None, "_row_sum64": _FM_RED,
     "_row_scale": _FM_ELT, "_row_scale_sub": _FM_ELT,
