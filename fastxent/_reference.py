@@ -4,7 +4,10 @@ Kernel contract (the same names, arguments and argument order in
 ``_kernels.pyx`` and ``_numba.py``; the registry in ``_dispatch.py`` lists them):
 
 * Inputs are validated by the public layer (``_api.py``) before a kernel runs.
-  Kernels never validate, never raise for data and never allocate an output.
+  Kernels never validate data, never raise for it and never allocate an
+  output. (The Cython kernels, which run on raw data pointers, still check
+  each array's dtype, dimensions, shape, contiguity and writeability, so that
+  a misuse raises instead of reading out of bounds.)
 * ``X`` is a C-contiguous 2-D ``(R, C)`` float32 or float64 array, one row per
   sample, the class axis last. ``target`` is a C-contiguous int64 ``(R,)``
   array whose entries are in ``[0, C)`` or equal ``ignore_index``. ``P`` (soft
