@@ -86,6 +86,8 @@ def resolve(backend: Optional[str]) -> str:
     available of :data:`BACKENDS`. An unknown name is a ``ValueError``; a known
     one that cannot load here is a ``RuntimeError`` saying why.
     """
+    if type(backend) is str and backend in _loaded:  # named and loaded already
+        return backend
     if backend is None or backend == "auto":
         backend = os.environ.get("FASTXENT_BACKEND") or "auto"
         if backend == "auto":
@@ -149,22 +151,11 @@ def get_num_threads() -> int:
 
 
 def threads_for(backend: str, work: int) -> int:
-    """Threads for ``work`` elements: one below :data:`PARALLEL_MIN_ELEMENTS`."""
-    if backend == "numpy" or work < PARALLEL_MIN_ELEMENTS:
+    """Threads for ``work`` elements: one below :data:`PARALLEL_MIN_ELEMENTS`
+    (the Numba backend also caps it at ``numba.config.NUMBA_NUM_THREADS``)."""
+    if work < PARALLEL_MIN_ELEMENTS or backend == "numpy":
         return 1
-    n = _num_threads
-    if backend == "numba":
-        import numba
-
-        n = min(n, numba.config.NUMBA_NUM_THREADS)
-    return n
-
-
-def _writable(a):
-    """A writeable copy of a read-only array, anything else as it is."""
-    if type(a) is not np.ndarray or a.flags.writeable:
-        return a
-    return np.array(a)
+    return _num_threads
 
 
 def call(name: str, backend: str, *args, work: int) -> None:
@@ -174,7 +165,12 @@ def call(name: str, backend: str, *args, work: int) -> None:
     bit-identical, for read-only arrays: it gets writeable copies instead.
     """
     if backend == "numba":
-        args = tuple(_writable(a) for a in args)
+        nd = np.ndarray
+        for a in args:
+            if type(a) is nd and not a.flags.writeable:
+                args = [b if type(b) is not nd or b.flags.writeable else np.array(b)
+                        for b in args]
+                break
     getattr(_loaded[backend], name)(*args, threads_for(backend, work))
 
 
