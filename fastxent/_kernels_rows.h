@@ -87,19 +87,23 @@ FX_INL double FX_N(fx_sumexp)(const FX_T *x, FX_T sh, FX_T *out, int64_t n,
 #define FX_FLAGS2(f, A, B)                                                 \
     ((A) ? ((B) ? f(1, 1) : f(1, 0)) : ((B) ? f(0, 1) : f(0, 0)))
 
+/* Pass 2 of rows with label smoothing: S, sm = sum_{w != 0} w (x - sh) and
+ * *rest = R, the e_c of c != y summed apart (as fx_sumexp) */
 FX_INL double FX_N(fx_sumexp_sm_impl)(const FX_T *x, FX_T sh, const FX_T *w,
-                                      FX_T *out, int64_t n, double *sm_out,
+                                      FX_T *out, int64_t n, int64_t y,
+                                      double *sm_out, double *rest,
                                       const int HW, const int HO)
 {
-    double s = 0.0, sm = 0.0;
+    double s = 0.0, sm = 0.0, r = 0.0;
     const double shd = (double)sh;
-#pragma omp simd reduction(+ : s, sm)
+#pragma omp simd reduction(+ : s, sm, r)
     for (int64_t i = 0; i < n; i++) {
         double d = (double)x[i] - shd;
         FX_T e = FX_EXPT(x[i] - sh);
         if (HO)
             out[i] = e;
         s += (double)e;
+        r += i != y ? (double)e : 0.0;
         if (HW) {
             double wi = (double)w[i];
             sm += wi != 0.0 ? wi * d : 0.0;
@@ -108,13 +112,15 @@ FX_INL double FX_N(fx_sumexp_sm_impl)(const FX_T *x, FX_T sh, const FX_T *w,
         }
     }
     *sm_out = sm;
+    *rest = r;
     return s;
 }
 
 FX_INL double FX_N(fx_sumexp_sm)(const FX_T *x, FX_T sh, const FX_T *w,
-                                 FX_T *out, int64_t n, double *sm_out)
+                                 FX_T *out, int64_t n, int64_t y,
+                                 double *sm_out, double *rest)
 {
-#define FX_C(HW, HO) FX_N(fx_sumexp_sm_impl)(x, sh, w, out, n, sm_out, HW, HO)
+#define FX_C(HW, HO) FX_N(fx_sumexp_sm_impl)(x, sh, w, out, n, y, sm_out, rest, HW, HO)
     return FX_FLAGS2(FX_C, w != NULL, out != NULL);
 #undef FX_C
 }
@@ -137,39 +143,41 @@ FX_INL double FX_N(fx_capfill)(const FX_T *x, double s, double *xs, int64_t n)
 }
 
 /* softcap pass 2 on the double scratch row; e stored (as FX_T) when out;
- * with smooth, sm = sum_{w != 0} w (xs - sh) */
+ * with smooth, sm = sum_{w != 0} w (xs - sh); *rest = R (as fx_sumexp) */
 FX_INL double FX_N(fx_capsumexp_impl)(const double *xs, double sh,
                                       const FX_T *w, FX_T *out, int64_t n,
-                                      double *sm_out, const int SM,
-                                      const int HW, const int HO)
+                                      int64_t y, double *sm_out, double *rest,
+                                      const int SM, const int HW, const int HO)
 {
-    double s = 0.0, sm = 0.0;
-#pragma omp simd reduction(+ : s, sm)
+    double s = 0.0, sm = 0.0, r = 0.0;
+#pragma omp simd reduction(+ : s, sm, r)
     for (int64_t i = 0; i < n; i++) {
         double d = xs[i] - sh;
         double e = FX_I(fx_exp_le0)(d);
         if (HO)
             out[i] = (FX_T)e;
         s += e;
+        r += i != y ? e : 0.0;
         if (SM) {
             double wi = HW ? (double)w[i] : 1.0;
             sm += wi != 0.0 ? wi * d : 0.0;
         }
     }
     *sm_out = sm;
+    *rest = r;
     return s;
 }
 
 FX_INL double FX_N(fx_capsumexp)(const double *xs, double sh, const FX_T *w,
-                                 int smooth, FX_T *out, int64_t n,
-                                 double *sm_out)
+                                 int smooth, FX_T *out, int64_t n, int64_t y,
+                                 double *sm_out, double *rest)
 {
     if (!smooth) {
         *sm_out = 0.0;
-        return out ? FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, sm_out, 0, 0, 1)
-                   : FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, sm_out, 0, 0, 0);
+        return out ? FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, y, sm_out, rest, 0, 0, 1)
+                   : FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, y, sm_out, rest, 0, 0, 0);
     }
-#define FX_C(HW, HO) FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, sm_out, 1, HW, HO)
+#define FX_C(HW, HO) FX_N(fx_capsumexp_impl)(xs, sh, w, out, n, y, sm_out, rest, 1, HW, HO)
     return FX_FLAGS2(FX_C, w != NULL, out != NULL);
 #undef FX_C
 }
@@ -208,7 +216,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     const FX_T *w = (const FX_T *)A->w;
     const double eps = A->eps, s = A->softcap;
     const int smooth = eps > 0.0;
-    double shift, S, xy, sm = 0.0, R = NAN; /* R: sum of e_c, c != y */
+    double shift, S, xy, sm = 0.0, R; /* R: sum of e_c, c != y */
 
     if (s == 0.0) {
         FX_T m = FX_N(fx_rowmax)(x, C);
@@ -217,7 +225,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         FX_T sh = isfinite(m) ? m : (FX_T)0;
         xy = (double)x[y] - (double)sh; /* read before x may be overwritten */
         if (smooth)
-            S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, &sm);
+            S = FX_N(fx_sumexp_sm)(x, sh, w, g, C, y, &sm, &R);
         else
             S = FX_N(fx_sumexp)(x, sh, g, C, y, pf, &R);
         shift = (double)sh;
@@ -225,7 +233,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
         double m = FX_N(fx_capfill)(x, s, xs, C);
         shift = isfinite(m) ? m : 0.0;
         xy = xs[y] - shift;
-        S = FX_N(fx_capsumexp)(xs, shift, w, smooth, g, C, &sm);
+        S = FX_N(fx_capsumexp)(xs, shift, w, smooth, g, C, y, &sm, &R);
     }
     const double logS = log(S);
     const double lse = shift + logS;
@@ -284,11 +292,7 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
             FX_N(fx_cap_p3)(g, xs, w, ks, smooth ? cw : 0.0, 1.0 / s, C, 0);
     }
     /* the target element in double: e_y K / S - An = e_y k2 / S - An R / S
-     * with R = S - e_y summed apart by pass 2 (plain rows); S - e_y would
-     * cancel when p_y ~ 1 (smoothing and softcap rows, where pass 2 does not
-     * separate R, still form it so) */
-    if (!(R == R))
-        R = S - ey;
+     * with R summed apart by pass 2 (S - e_y would cancel when p_y ~ 1) */
     double dy = ey * (k2 / S) - An * (R / S) - cw * wy;
     if (s != 0.0) {
         double dc = FX_N(fx_dcap)(xs[y], 1.0 / s);

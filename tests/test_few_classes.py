@@ -17,7 +17,7 @@ CS = [2, 3, 6, 7, 8, 10, 17, 33, 64]
 
 def _logits(C, dtype, rng):
     R = 8 * 5 + 3  # five full blocks and a partial one
-    # float64 rows kept below p_y = 1 - 1e-3 (see the xfail test below)
+    # float64 rows kept below p_y = 1 - 1e-3; confident rows have their own test
     x = ((3 if dtype == np.float32 else 0.5) * rng.standard_normal((R, C))).astype(dtype)
     x[2, 0] = np.nan                        # NaN row in block 0
     x[9, :] = -np.inf                        # all -inf row in block 1
@@ -65,14 +65,20 @@ def test_few_classes_against_oracle(backend, C, dtype, opts):
     np.testing.assert_array_equal(gi, g)
 
 
-def test_float64_confident_target_gradient(backend):
+@pytest.mark.parametrize("C", [2, 300])  # the few-class and the long-row paths
+@pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1}, {"softcap": 30.0},
+                                  {"label_smoothing": 0.1, "softcap": 30.0},
+                                  {"z_loss": 1e-3}])
+def test_float64_confident_target_gradient(backend, C, opts):
     # p_y - 1 formed as -R / S with R = sum_{c != y} e_c summed apart: from S
     # (e_y K / S - A, or (S - e_y) / S) it cancels when p_y ~ 1, a relative
     # error ~1e-16 / (1 - p_y), over SPEC's 1e-12 once 1 - p_y < 1e-4 (all
-    # three backends did, 8e-11 on these rows, before the fix)
-    d = np.linspace(9.0, 15.0, 41)  # 1 - p_y from 1.2e-4 down to 3e-7
-    x = np.stack([d, np.zeros_like(d)], axis=1)
+    # three backends did, 8e-11 on these rows, before the fix; Cython rows
+    # with smoothing or softcap until they summed R apart too)
+    d = np.linspace(9.0, 15.0, 41) + np.log(C - 1)  # 1 - p_y from 1.2e-4 to 3e-7
+    x = np.zeros((len(d), C))
+    x[:, 0] = d
     t = np.zeros(len(d), dtype=np.int64)
-    _, g = fastxent.cross_entropy_with_grad(x, t, reduction="sum", backend=backend)
-    _, eg = O.cross_entropy(x, t, reduction="sum")
+    _, g = fastxent.cross_entropy_with_grad(x, t, reduction="sum", backend=backend, **opts)
+    _, eg = O.cross_entropy(x, t, reduction="sum", **opts)
     O.assert_grad_close(g, eg, O.grad_tol(np.float64))
