@@ -691,6 +691,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     eyb = np.empty(RB, np.float64)  # e_y
     rb = np.empty(RB, np.float64)  # R = sum_{c != y} e_c, p_y - 1 = -R / S
     sb = np.empty(RB, np.float64)  # S, 1 where not S >= 1 (a NaN row)
+    lb = np.empty(RB, np.float64)  # lse, NaN for a NaN row
     kb = np.empty(RB, X.dtype)  # pass 3: d_c = e_c k - b w_c
     bb = np.empty(RB, X.dtype)
     dyb = np.empty(RB, np.float64)  # the target's entry
@@ -736,18 +737,21 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         for c in range(C):
             for j in range(nr):
                 T[c, j] = _exp(T[c, j] - shb[j])
+        # e_y apart, then zeroed in T: R = sum_{c != y} e_c by a plain sum
+        # (the gradient's target entry is written last, from e_y)
         for j in range(nr):
+            y = tb[j]
+            yc = y if y >= 0 else 0
+            eyb[j] = np.float64(T[yc, j])
+            T[yc, j] = zero
             rb[j] = 0.0
         for c in range(C):
             for j in range(nr):
-                rb[j] += np.float64(T[c, j]) if tb[j] != c else 0.0
+                rb[j] += np.float64(T[c, j])
         # S is NaN, 0 (an all -inf row) or in [1, C]: only S >= 1 goes to
         # the log; the others give NaN rows
         for j in range(nr):
-            y = tb[j]
-            ey = np.float64(T[y if y >= 0 else 0, j])
-            eyb[j] = ey
-            s = rb[j] + ey
+            s = rb[j] + eyb[j]
             sb[j] = s if s >= 1.0 else 1.0
         # per row, branch-free (vectorised): log S, loss, pass-3 coefficients
         lob = loss_out[q0:q0 + nr]
@@ -765,15 +769,21 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                                 eps, z, wsum, C, ce_scale, z_scale)
             loss = loss if good else _NAN
             lob[j] = loss if y >= 0 else 0.0
-            A, B, k2 = _ce_row_coefs(gnb[j], wy, eps, z, wsum, C, ce_scale,
-                                     z_scale, lse)
-            k = _as(T, (A + k2) / sg)
-            kb[j] = k if good else nan
-            bb[j] = _as(T, B)
-            dy = eyb[j] * (k2 / sg) - A * (rb[j] / sg) - B * wy
-            dyb[j] = dy if good else _NAN
+            lb[j] = lse if good else _NAN
         if not do_grad:
             continue
+        for j in range(nr):
+            lse = lb[j]
+            wy = wyb[j]
+            A, B, k2 = _ce_row_coefs(gnb[j], wy, eps, z, wsum, C, ce_scale,
+                                     z_scale, lse)
+            inv = 1.0 / sb[j]  # one division (vector divides are slow)
+            good = lse == lse  # not a NaN row
+            k = _as(T, (A + k2) * inv)
+            kb[j] = k if good else nan
+            bb[j] = _as(T, B)
+            dy = eyb[j] * (k2 * inv) - A * (rb[j] * inv) - B * wy
+            dyb[j] = dy if good else _NAN
         Gb = grad_out[q0:q0 + nr]
         if not smooth:
             for j in range(nr):
