@@ -704,28 +704,25 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     for q0 in range(r0, r1, RB):
         nr = min(r1, q0 + RB) - q0
         Xb = X[q0:q0 + nr]
-        for j in range(nr):
-            for c in range(C):
-                T[c, j] = Xb[j, c]
-        # row maxima (NaN skipped) -> shift (0 if not finite)
-        for j in range(nr):
-            shb[j] = T[0, j]
-        for c in range(1, C):
-            for j in range(nr):
-                shb[j] = _fmax(shb[j], T[c, j])
-        for j in range(nr):
-            m = shb[j]
-            shb[j] = m if np.isfinite(m) else zero
         tgt = target[q0:q0 + nr]
-        gnb = gout[q0:q0 + nr] if has_g else gsb
         for j in range(nr):
+            m = Xb[j, 0]
+            T[0, j] = m
+            for c in range(1, C):
+                v = Xb[j, c]
+                T[c, j] = v
+                m = _fmax(m, v)
+            shb[j] = m if np.isfinite(m) else zero
             y = tgt[j]
             ok = y != ignore_index
             yc = y if ok else 0
             tb[j] = y if ok else -1
-            xyb[j] = np.float64(T[yc, j])
-            if has_w:
-                wyb[j] = np.float64(weight[yc])
+            xyb[j] = np.float64(Xb[j, yc])
+        gnb = gout[q0:q0 + nr] if has_g else gsb
+        if has_w:
+            for j in range(nr):
+                y = tb[j]
+                wyb[j] = np.float64(weight[y if y >= 0 else 0])
         if smooth:  # formed after the shift (no inf - inf)
             for j in range(nr):
                 sxb[j] = 0.0
