@@ -13,10 +13,12 @@ Design
   scales the row by ``1 / S`` and subtracts at the target. One exp per
   element, one read of the logits and one write of the gradient. The loss
   alone writes ``e`` to a per-thread scratch row instead.
-* Few classes (``C < _FLAT_C``, with the gradient, no softcap): blocks of rows,
-  pass 1 and ``x - shift`` per row inline, one flat exp over the block, then
-  per-row sums, loss and pass 3 (``_ce_int_flat``): per-row helper calls with
-  array arguments cost more than a 10-class row (reference counting).
+* Few classes (``C < _FLAT_C``, no softcap): blocks of rows copied
+  transposed into a scratch block (class-major), so every per-row step (max,
+  exp, sums, log S, loss and pass-3 coefficients) is a loop over the block's
+  rows, which LLVM vectorises; a row's own loop is too short for a vector
+  and Numba runs no SLP vectoriser (``_ce_int_flat``).  ``log S`` is the
+  branch-free ``_log_ge1`` (libm's log is a scalar call, ~20 ns a row).
 * Hot loops index arrays with the loop variable of ``range(n)``: loops over
   ``range(b0, b1)`` or with ``b0 + c`` indices did not vectorise (measured
   4-8x slower). Everything is compiled with ``error_model="numpy"``: with
@@ -80,6 +82,7 @@ _MIN_CHUNK_ELEMENTS = 1 << 15
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
 _scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _get_thread_id = None
+_f64_bits = _bits_f64 = None
 prange = range
 
 _NAN = float("nan")
@@ -113,6 +116,24 @@ _E64_C1 = 6.93145751953125e-1
 _E64_C2 = 1.42860682030941723212e-6
 _E64_LO = -746.0  # exp(-746) < 2**-1075: rounds to 0
 
+
+# float64 log of s >= 1: fdlibm's e_log.c made branch-free: s = 2**k m, m in
+# [sqrt(.5), sqrt(2)), f = m - 1, log(1 + f) = f - (f**2 / 2 - q (f**2 / 2 +
+# R(q**2))), q = f / (2 + f), R fdlibm's minimax polynomial (Lg1..Lg7); the
+# ln 2 split has k ln2_hi exact.  Under 1 ULP.
+_L64_LG1 = 6.666666666666735130e-01
+_L64_LG2 = 3.999999999940941908e-01
+_L64_LG3 = 2.857142874366239149e-01
+_L64_LG4 = 2.222219843214978396e-01
+_L64_LG5 = 1.818357216161805012e-01
+_L64_LG6 = 1.531383769920937332e-01
+_L64_LG7 = 1.479819860511658591e-01
+_L64_LN2_HI = 6.93147180369123816490e-1
+_L64_LN2_LO = 1.90821492927058770002e-10
+_L64_MANT = 0x000FFFFFFFFFFFFF
+_L64_ONE = 0x3FF0000000000000
+_L64_KMAGIC = 0x4330000000000000  # bits of 2**52: k + these bits is 2**52 + k
+_L64_TWO52 = 4503599627370496.0
 
 # tanh for |u| < 0.625 (Cephes tanh.c rational P/Q); larger |u| use
 # 1 - 2 / (exp(2|u|) + 1), which has no cancellation there.
@@ -182,6 +203,27 @@ def _exp64(x):
     p = p * r + 1.0
     p = p * r + 1.0
     return _scale2n_f64(p, t)
+
+
+def _log_ge1(s):
+    """``log(s)`` for finite float64 ``s >= 1`` (a row's sum of ``exp(x -
+    max)``), branch-free so a loop over a block of sums vectorises (libm's
+    log is a scalar call, ~20 ns); ``log(1) = 0`` exactly; under 1 ULP
+    (tests/test_exp.py).  Other ``s`` give garbage: callers check first."""
+    b = _f64_bits(s)
+    big = (b & _L64_MANT) > 0x6A09E667F3BCD  # mantissa of sqrt(2) (m > sqrt 2)
+    ex = (b >> 52) - (1022 if big else 1023)
+    m = _bits_f64((b & _L64_MANT) | _L64_ONE)
+    m = m * 0.5 if big else m
+    k = _bits_f64(ex + _L64_KMAGIC) - _L64_TWO52  # exact for 0 <= ex < 2**52
+    f = m - 1.0
+    hfsq = 0.5 * f * f
+    q = f / (2.0 + f)
+    z = q * q
+    w = z * z
+    t1 = w * (_L64_LG2 + w * (_L64_LG4 + w * _L64_LG6))
+    t2 = z * (_L64_LG1 + w * (_L64_LG3 + w * (_L64_LG5 + w * _L64_LG7)))
+    return k * _L64_LN2_HI - ((hfsq - (q * (hfsq + (t1 + t2)) + k * _L64_LN2_LO)) - f)
 
 
 # ------------------------------------------------------------ row helpers
@@ -494,29 +536,30 @@ def _log_softmax_rows(X, out, r0, r1):
 def _ce_row_loss(shift, xy, logs, sx, wy, eps, z, wsum, C, ce_scale, z_scale):
     """One row's loss from its shift, ``x_y``, ``log S`` and smoothing sum
     ``sx = sum_c w_c (shift - x_c)``: ``-logp_y = logs + (shift - x_y)``,
-    ``-sum_c w_c logp_c = wsum logs + sx``; a zero coefficient adds exactly 0."""
+    ``-sum_c w_c logp_c = wsum logs + sx``; a zero coefficient adds exactly 0.
+    Selects, no branches: a loop over rows that inlines it vectorises."""
     lse = shift + logs
     cn = (1.0 - eps) * wy
-    ce = cn * ((shift - xy) + logs) if cn != 0.0 else 0.0
-    if eps > 0.0:
-        ce += eps / C * (wsum * logs + sx)
+    ce = cn * ((shift - xy) + logs)
+    ce = ce if cn != 0.0 else 0.0
+    cs = ce + eps / C * (wsum * logs + sx)
+    ce = cs if eps > 0.0 else ce
     loss = ce_scale * ce
-    if z > 0.0:
-        loss += z_scale * (z * lse * lse)
-    return loss
+    lz = loss + z_scale * (z * lse * lse)
+    return lz if z > 0.0 else loss
 
 
 def _ce_row_coefs(gn, wy, eps, z, wsum, C, ce_scale, z_scale, lse):
     """``(A, B, k2)`` of pass 3: ``d_c = e_c (A + k2) / S - B w_c``, and
     ``-A`` more at the target, with ``A = a (1-eps) w_y``, ``B = a eps / C``,
-    ``k2 = B wsum + 2 b z lse`` (``a``, ``b``: the grad_output scales)."""
+    ``k2 = B wsum + 2 b z lse`` (``a``, ``b``: the grad_output scales).
+    Selects, no branches (see ``_ce_row_loss``)."""
     a = gn * ce_scale
     A = a * (1.0 - eps) * wy
     B = a * eps / C
     k2 = B * wsum
-    if z > 0.0:
-        k2 += 2.0 * (gn * z_scale) * z * lse
-    return A, B, k2
+    kz = k2 + 2.0 * (gn * z_scale) * z * lse
+    return A, B, (kz if z > 0.0 else k2)
 
 
 def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
@@ -614,100 +657,144 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
 
 def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                  gscalar, gout, loss_out, grad_out, wsum, do_grad, r0, r1):
-    """``_ce_int_rows`` for few classes, no softcap: blocks of rows, each
-    row's pass 1 and ``x - shift`` written inline, one flat exp over the
-    block (full vector lanes), then per-row sums, loss and pass 3.  Scalar
-    loops over flat indices and no per-row helper calls: a call with array
-    arguments (reference counts) costs more than a 10-class row.  The exps
-    go into the gradient rows, or without ``do_grad`` into a scratch block:
-    the loss-only call runs the same sums (equal losses, bit for bit)."""
-    R = X.shape[0]
+    """``_ce_int_rows`` for few classes, no softcap: blocks of ``nr`` rows
+    copied transposed into a scratch ``T[c, j]`` (class-major), so that every
+    per-row step is a loop over the block's rows that LLVM vectorises (a
+    loop over a row's few classes is too short for a vector, and Numba runs
+    no SLP vectoriser): row maxima, ``e = exp(x - shift)`` in place, ``R =
+    sum_{c != y} e_c`` in float64, ``log S`` (``_log_ge1``), the loss and
+    pass-3 coefficients per row, then the gradient rows written back from
+    ``T``.  All reads of ``X`` come before the block's writes (in-place safe);
+    the loss-only call runs the same steps (equal losses, bit for bit)."""
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
     smooth = eps > 0.0
-    xf = X.reshape(R * C)
-    RB = max(1, _FLAT_ELEMENTS // C)
-    # work rows: the gradient (row r at r * C), or a scratch block (row r at
-    # (r - q0) * C)
-    gf = grad_out.reshape(grad_out.shape[0] * C) if do_grad else np.empty(RB * C, X.dtype)
-    shb = np.empty(RB, np.float64)
-    sxb = np.empty(RB, np.float64)
-    xyb = np.empty(RB, np.float64)
-    zero = _as(gf, 0.0)
+    hz = z > 0.0
+    RB = max(8, _FLAT_ELEMENTS // C)
+    T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
+    shb = np.empty(RB, X.dtype)  # row max, then the shift
+    tb = np.empty(RB, np.int64)  # target, -1 if ignored (matches no class)
+    sxb = np.empty(RB, np.float64)  # sum_c w_c (shift - x_c) (smoothing)
+    xyb = np.empty(RB, np.float64)  # x_y
+    eyb = np.empty(RB, np.float64)  # e_y
+    rb = np.empty(RB, np.float64)  # R = sum_{c != y} e_c, p_y - 1 = -R / S
+    sb = np.empty(RB, np.float64)  # S, 1 where not S >= 1 (a NaN row)
+    lb = np.empty(RB, np.float64)  # lse, NaN for a NaN row
+    kb = np.empty(RB, X.dtype)  # pass 3: d_c = e_c k - b w_c
+    bb = np.empty(RB, X.dtype)
+    dyb = np.empty(RB, np.float64)  # the target's entry
+    wyb = np.ones(RB, np.float64)  # w_y (1 without weights)
+    gsb = np.full(RB, gscalar)  # grad_output per row without gout
+    if not smooth:
+        sxb[:] = 0.0
+    zero = _as(T, 0.0)
+    nan = _as(T, _NAN)
     for q0 in range(r0, r1, RB):
-        q1 = min(r1, q0 + RB)
-        base = 0 if do_grad else q0 * C
-        for r in range(q0, q1):
-            o = r * C
-            ow = o - base
-            y = target[r]
-            if y == ignore_index:
-                continue
-            m = xf[o]
+        nr = min(r1, q0 + RB) - q0
+        Xb = X[q0:q0 + nr]
+        tgt = target[q0:q0 + nr]
+        for j in range(nr):
+            m = Xb[j, 0]
+            T[0, j] = m
             for c in range(1, C):
-                m = _fmax(m, xf[o + c])
-            sh = _shift_of(m)
-            sx = 0.0  # sum_c w_c (shift - x_c): formed after the shift (no inf - inf)
-            if smooth:
-                sh64 = np.float64(sh)
-                if has_w:
-                    for c in range(C):
-                        wc = np.float64(weight[c])
-                        sx += wc * (sh64 - np.float64(xf[o + c])) if wc != 0.0 else 0.0
-                else:
-                    for c in range(C):
-                        sx += sh64 - np.float64(xf[o + c])
-            xyb[r - q0] = np.float64(xf[o + y])  # before an in-place write
-            shb[r - q0] = np.float64(sh)
-            sxb[r - q0] = sx
+                v = Xb[j, c]
+                T[c, j] = v
+                m = _fmax(m, v)
+            shb[j] = m if np.isfinite(m) else zero
+            y = tgt[j]
+            ok = y != ignore_index
+            yc = y if ok else 0
+            tb[j] = y if ok else -1
+            xyb[j] = np.float64(Xb[j, yc])
+        gnb = gout[q0:q0 + nr] if has_g else gsb
+        if has_w:
+            for j in range(nr):
+                y = tb[j]
+                wyb[j] = np.float64(weight[y if y >= 0 else 0])
+        if smooth:  # formed after the shift (no inf - inf)
+            for j in range(nr):
+                sxb[j] = 0.0
             for c in range(C):
-                gf[ow + c] = xf[o + c] - sh
-        _row_exp_inplace(gf[q0 * C - base:q1 * C - base])
-        for r in range(q0, q1):
-            o = r * C - base  # the work row (the exps)
-            y = target[r]
-            if y == ignore_index:
-                loss_out[r] = 0.0
-                if do_grad:
-                    for c in range(C):
-                        gf[o + c] = zero
-                continue
-            rest = 0.0  # sum_{c != y} e_c: p_y - 1 = -rest / s
-            for c in range(C):
-                rest += np.float64(gf[o + c]) if c != y else 0.0
-            s = rest + np.float64(gf[o + y])
-            shift = shb[r - q0]
-            xy = xyb[r - q0]
-            logs = np.log(s)
+                wc = np.float64(weight[c]) if has_w else 1.0
+                if wc != 0.0:
+                    for j in range(nr):
+                        sxb[j] += wc * (np.float64(shb[j]) - np.float64(T[c, j]))
+        for c in range(C):
+            for j in range(nr):
+                T[c, j] = _exp(T[c, j] - shb[j])
+        # e_y apart, then zeroed in T: R = sum_{c != y} e_c by a plain sum
+        # (the gradient's target entry is written last, from e_y)
+        for j in range(nr):
+            y = tb[j]
+            yc = y if y >= 0 else 0
+            eyb[j] = np.float64(T[yc, j])
+            T[yc, j] = zero
+            rb[j] = 0.0
+        for c in range(C):
+            for j in range(nr):
+                rb[j] += np.float64(T[c, j])
+        # S is NaN, 0 (an all -inf row) or in [1, C]: only S >= 1 goes to
+        # the log; the others give NaN rows
+        for j in range(nr):
+            s = rb[j] + eyb[j]
+            sb[j] = s if s >= 1.0 else 1.0
+        # per row, branch-free (vectorised): log S, loss, pass-3 coefficients
+        lob = loss_out[q0:q0 + nr]
+        for j in range(nr):
+            y = tb[j]
+            s = rb[j] + eyb[j]
+            sg = sb[j]
+            shift = np.float64(shb[j])
+            logs = _log_ge1(sg)
+            logs = logs if s >= 1.0 else _NAN
             lse = shift + logs
-            if not np.isfinite(lse):
-                loss_out[r] = _NAN
-                if do_grad:
-                    for c in range(C):
-                        gf[o + c] = _as(gf, _NAN)
-                continue
-            wy = np.float64(weight[y]) if has_w else 1.0
-            loss_out[r] = _ce_row_loss(shift, xy, logs, sxb[r - q0], wy, eps, z,
-                                       wsum, C, ce_scale, z_scale)
-            if not do_grad:
-                continue
-            A, B, k2 = _ce_row_coefs(gout[r] if has_g else gscalar, wy, eps, z,
-                                     wsum, C, ce_scale, z_scale, lse)
-            kk = _as(gf, (A + k2) / s)
-            ey = np.float64(gf[o + y])
-            if B == 0.0:
+            good = np.isfinite(lse)
+            wy = wyb[j]
+            loss = _ce_row_loss(shift, xyb[j], logs, sxb[j], wy,
+                                eps, z, wsum, C, ce_scale, z_scale)
+            loss = loss if good else _NAN
+            lob[j] = loss if y >= 0 else 0.0
+            lb[j] = lse if good else _NAN
+        if not do_grad:
+            continue
+        for j in range(nr):
+            lse = lb[j]
+            wy = wyb[j]
+            A, B, k2 = _ce_row_coefs(gnb[j], wy, eps, z, wsum, C, ce_scale,
+                                     z_scale, lse)
+            inv = 1.0 / sb[j]  # one division (vector divides are slow)
+            good = lse == lse  # not a NaN row
+            k = _as(T, (A + k2) * inv)
+            kb[j] = k if good else nan
+            bb[j] = _as(T, B)
+            dy = eyb[j] * (k2 * inv) - A * (rb[j] * inv) - B * wy
+            dyb[j] = dy if good else _NAN
+        Gb = grad_out[q0:q0 + nr]
+        if not smooth:
+            for j in range(nr):
+                k = kb[j]
                 for c in range(C):
-                    gf[o + c] = gf[o + c] * kk
+                    Gb[j, c] = T[c, j] * k
+        elif has_w:
+            for j in range(nr):
+                k = kb[j]
+                b = bb[j]
+                for c in range(C):
+                    Gb[j, c] = T[c, j] * k - b * weight[c]
+        else:
+            for j in range(nr):
+                k = kb[j]
+                b = bb[j]
+                for c in range(C):
+                    Gb[j, c] = T[c, j] * k - b
+        for j in range(nr):
+            y = tb[j]
+            if y >= 0:
+                Gb[j, y] = dyb[j]
             else:
-                bb = _as(gf, B)
-                if has_w:
-                    for c in range(C):
-                        gf[o + c] = gf[o + c] * kk - bb * weight[c]
-                else:
-                    for c in range(C):
-                        gf[o + c] = gf[o + c] * kk - bb
-            gf[o + y] = ey * (k2 / s) - A * (rest / s) - B * wy
+                for c in range(C):
+                    Gb[j, c] = zero
 
 
 def _row_exp_inplace(g):
@@ -1035,6 +1122,7 @@ def _threads_seen_par(n, nslots):
 # name -> fastmath flags (None: none) of the serial helpers
 _SERIAL = {
     "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_log1p32": _FM_EXP,
+    "_log_ge1": _FM_ELT,
     "_row_max": None, "_next_row": None, "_ce_row_loss": None,
     "_ce_row_coefs": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
     "_row_expstore": _FM_ELT, "_row_expstore_inplace": _FM_ELT,
@@ -1139,6 +1227,21 @@ def _jit_all():
         return sig, codegen
 
     g["_prefetch"] = _prefetch
+
+    def bitcast(src, dst, dst_ir):
+        @intrinsic
+        def impl(typingctx, v):
+            sig = dst(src)
+
+            def codegen(context, builder, sig, args):
+                return builder.bitcast(args[0], dst_ir)
+
+            return sig, codegen
+
+        return impl
+
+    g["_f64_bits"] = bitcast(types.float64, types.int64, ir.IntType(64))
+    g["_bits_f64"] = bitcast(types.int64, types.float64, ir.DoubleType())
 
     @overload(_exp)
     def _exp_ol(x):

@@ -137,3 +137,55 @@ def test_float64_exp_within_one_and_a_half_ulp(exp_le0):
     sp = np.array([-np.inf, np.nan, -1e300])
     got = exp_le0(sp)
     assert got[0] == 0.0 and math.isnan(got[1]) and got[2] == 0.0
+
+
+# ------------------------------------------------ Numba's log of s >= 1
+
+_numba_log_apply = None
+
+
+def numba_log_ge1(s):
+    """Numba's ``_log_ge1`` (the few-class path's log of a row's sum of
+    exps) applied elementwise, in a loop as the kernel runs it."""
+    global _numba_log_apply
+    if _numba_log_apply is None:
+        import numba
+
+        from fastxent import _numba
+
+        _numba._ensure()
+        log = _numba._log_ge1
+
+        @numba.njit
+        def apply(s, out):
+            for i in range(s.shape[0]):
+                out[i] = log(s[i])
+
+        _numba_log_apply = apply
+    out = np.empty_like(s)
+    _numba_log_apply(s, out)
+    return out
+
+
+def test_numba_log_ge1_within_one_ulp():
+    skip_unless_available("numba")
+    rng = np.random.default_rng(7)
+    sqrt2 = math.sqrt(2.0)
+    edges = [1.0, 2.0, 4.0, 10.0, 63.0, 64.0, sqrt2, 2.0 * sqrt2, np.finfo(np.float64).max]
+    edges += [np.nextafter(v, d) for v in (1.0, 2.0, sqrt2, 2.0 * sqrt2, 64.0)
+              for d in (0.0, np.inf) if np.nextafter(v, d) >= 1.0]
+    s = np.concatenate([
+        np.array(edges),
+        1.0 + rng.random(400_000) * 1e-6,       # log s tiny: relative accuracy
+        1.0 + rng.random(400_000),
+        1.0 + 63.0 * rng.random(400_000),        # the sums of <= 64 classes
+        np.exp(rng.uniform(0.0, 709.0, 200_000)),
+        np.ldexp(1.0 + rng.random(10_000), rng.integers(0, 1023, 10_000)),
+    ])
+    got = numba_log_ge1(s)
+    ref = np.log(s.astype(np.longdouble))
+    nz = s != 1.0
+    ulp = np.abs(got[nz].astype(np.longdouble) - ref[nz]) / np.spacing(ref[nz].astype(np.float64))
+    assert float(ulp.max()) <= 1.0, (float(ulp.max()), s[nz][int(np.argmax(ulp))])
+    one = got[s == 1.0]
+    assert one.size and np.all(one == 0.0) and not np.any(np.signbit(one))  # log(1) = +0 exactly
