@@ -622,37 +622,34 @@ cdef void _bce_chunk(bint logits, const floating *a, const floating *y,
     """Blocks [b0, b1) of BCE_BLOCK elements on one thread."""
     cdef int64_t b, i0, m
     cdef double s
+    cdef const floating *wb
+    cdef const double *gb
+    cdef floating *lb
+    cdef floating *db
     for b in range(b0, b1):
         i0 = b * _BCE_BLOCK
         m = n - i0
         if m > _BCE_BLOCK:
             m = _BCE_BLOCK
+        # this block's part of each optional operand (NULL: absent)
+        wb = wp + i0 if wp != NULL else NULL
+        gb = gp + i0 if gp != NULL else NULL
+        lb = lp + i0 if lp != NULL else NULL
+        db = g + i0 if g != NULL else NULL
         if floating is float:
             if logits:
-                s = fx_bcel_block_f32(
-                    a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
-                    L, i0, scale, gp + i0 if gp != NULL else NULL,
-                    gscalar, lp + i0 if lp != NULL else NULL,
-                    g + i0 if g != NULL else NULL, m, stream)
+                s = fx_bcel_block_f32(a + i0, y + i0, wb, pwp, L, i0, scale,
+                                      gb, gscalar, lb, db, m, stream)
             else:
-                s = fx_bce_block_f32(
-                    a + i0, y + i0, wp + i0 if wp != NULL else NULL,
-                    scale, gp + i0 if gp != NULL else NULL, gscalar,
-                    lp + i0 if lp != NULL else NULL,
-                    g + i0 if g != NULL else NULL, m)
+                s = fx_bce_block_f32(a + i0, y + i0, wb, scale, gb, gscalar,
+                                     lb, db, m)
         else:
             if logits:
-                s = fx_bcel_block_f64(
-                    a + i0, y + i0, wp + i0 if wp != NULL else NULL, pwp,
-                    L, i0, scale, gp + i0 if gp != NULL else NULL,
-                    gscalar, lp + i0 if lp != NULL else NULL,
-                    g + i0 if g != NULL else NULL, m, stream)
+                s = fx_bcel_block_f64(a + i0, y + i0, wb, pwp, L, i0, scale,
+                                      gb, gscalar, lb, db, m, stream)
             else:
-                s = fx_bce_block_f64(
-                    a + i0, y + i0, wp + i0 if wp != NULL else NULL,
-                    scale, gp + i0 if gp != NULL else NULL, gscalar,
-                    lp + i0 if lp != NULL else NULL,
-                    g + i0 if g != NULL else NULL, m)
+                s = fx_bce_block_f64(a + i0, y + i0, wb, scale, gb, gscalar,
+                                     lb, db, m)
         if sp != NULL:
             sp[b] = s
 

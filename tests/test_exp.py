@@ -30,29 +30,34 @@ def kernels(request):
         _kernels._set_simd_isa("best")
 
 
-_numba_apply = None
+_numba_apply = {}
 
 
-def numba_exp(x):
-    """Numba's ``_exp`` applied elementwise (compiled once per dtype)."""
-    global _numba_apply
-    if _numba_apply is None:
+def _numba_elementwise(name, x):
+    """The Numba helper ``fastxent._numba.<name>`` applied elementwise in a
+    jitted loop, as the kernels run it (compiled once per helper and dtype)."""
+    if name not in _numba_apply:
         import numba
 
         from fastxent import _numba
 
         _numba._ensure()
-        exp = _numba._exp
+        f = getattr(_numba, name)
 
         @numba.njit
         def apply(x, out):
             for i in range(x.shape[0]):
-                out[i] = exp(x[i])
+                out[i] = f(x[i])
 
-        _numba_apply = apply
+        _numba_apply[name] = apply
     out = np.empty_like(x)
-    _numba_apply(x, out)
+    _numba_apply[name](x, out)
     return out
+
+
+def numba_exp(x):
+    """Numba's ``_exp`` applied elementwise."""
+    return _numba_elementwise("_exp", x)
 
 
 @pytest.fixture(params=["cython-" + i for i in ISAS] + ["numba"])
@@ -141,30 +146,10 @@ def test_float64_exp_within_one_and_a_half_ulp(exp_le0):
 
 # ------------------------------------------------ Numba's log of s >= 1
 
-_numba_log_apply = None
-
-
 def numba_log_ge1(s):
     """Numba's ``_log_ge1`` (the few-class path's log of a row's sum of
-    exps) applied elementwise, in a loop as the kernel runs it."""
-    global _numba_log_apply
-    if _numba_log_apply is None:
-        import numba
-
-        from fastxent import _numba
-
-        _numba._ensure()
-        log = _numba._log_ge1
-
-        @numba.njit
-        def apply(s, out):
-            for i in range(s.shape[0]):
-                out[i] = log(s[i])
-
-        _numba_log_apply = apply
-    out = np.empty_like(s)
-    _numba_log_apply(s, out)
-    return out
+    exps) applied elementwise."""
+    return _numba_elementwise("_log_ge1", s)
 
 
 def test_numba_log_ge1_within_one_ulp():
