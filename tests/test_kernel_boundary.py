@@ -4,7 +4,8 @@ The public layer validates everything before a kernel runs; the Cython
 kernels take raw data pointers, so they check structure themselves as a last
 line of defence: dtype, dimensions, every shape against ``X``'s, contiguity,
 alignment and writeability.  A misused kernel must raise, not read or write
-out of bounds.  (Numba and NumPy kernels index arrays with their own bounds.)
+out of bounds.  (NumPy kernels index with bounds checks; Numba kernels, as
+Numba compiles by default, do not: the public layer's checks protect them.)
 """
 
 from __future__ import annotations
