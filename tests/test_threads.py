@@ -112,30 +112,3 @@ def test_concurrent_calls_with_different_shapes(backend):
     for (x, t, (l, g)), (l2, g2) in zip(jobs, results):
         assert l == l2
         np.testing.assert_array_equal(g, g2)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODULES))
-def test_parallel_is_faster_on_two_cores(name):
-    """Instrumented (needs an idle machine): with 2 cores, 2 threads beat 1 on a big input (>1.3x)."""
-    import time
-
-    skip_unless_available(name)
-    if NCPU < 2:
-        pytest.skip("needs 2 cores")
-    rng = np.random.default_rng(14)
-    x = rng.standard_normal((20000, 512)).astype(np.float32)
-    t = rng.integers(0, 512, 20000)
-    out = np.empty_like(x)
-
-    def best(n):
-        fastxent.set_num_threads(n)
-        fastxent.cross_entropy_with_grad(x, t, out=out, backend=name)
-        ts = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            fastxent.cross_entropy_with_grad(x, t, out=out, backend=name)
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
-    assert best(1) / best(2) > 1.3
