@@ -431,6 +431,46 @@ cdef void _softmax_chunk(const floating *x, floating *o, int64_t C,
     free(gs)
 
 
+ctypedef struct _ce_ops:
+    int tn              # _F32 or _F64
+    int64_t R, C
+    const void *x
+    const void *w       # NULL: no weights
+    const double *gp    # NULL: gscalar for every row
+    double *lp          # NULL: no per-row losses
+    void *g             # NULL: no gradient
+
+
+cdef int _ce_operands(X, weight, gout, loss_out, grad_out, _ce_ops *o) except -1:
+    """The operands both cross-entropy kernels take, checked (see ``_data``)."""
+    o.tn = _ftype(X)
+    o.x = _data(X, o.tn, 2, -1, -1, 0, 0, "X")
+    o.R = _dim(X, 0)
+    o.C = _dim(X, 1)
+    o.w = _data(weight, o.tn, 1, o.C, -1, 0, 1, "weight")
+    o.gp = <const double *>_data(gout, _F64, 1, o.R, -1, 0, 1, "gout")
+    o.lp = <double *>_data(loss_out, _F64, 1, o.R, -1, 1, 1, "loss_out")
+    o.g = NULL
+    if grad_out is not None:
+        o.g = _data(grad_out, o.tn, 2, o.R, o.C, 1, 0, "grad_out")
+    return 0
+
+
+cdef void _ce_args_set(fx_ce_args *A, int64_t C, const void *w, double eps,
+                       double z, double softcap, double ce_scale,
+                       double z_scale) noexcept nogil:
+    """The row kernels' options; ``wsum = C`` (integer targets sum the
+    weights into it when there are some)."""
+    A.C = C
+    A.w = w
+    A.wsum = <double>C
+    A.eps = eps
+    A.z = z
+    A.softcap = softcap
+    A.ce_scale = ce_scale
+    A.z_scale = z_scale
+
+
 cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
                   const floating *w, int64_t ignore_index, double eps,
                   double z, double softcap, double ce_scale, double z_scale,
@@ -441,14 +481,7 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
     cdef Py_ssize_t k
     cdef int nt = _threads(nthreads, R * C)
     cdef int bad = 0
-    A.C = C
-    A.w = w
-    A.wsum = <double>C
-    A.eps = eps
-    A.z = z
-    A.softcap = softcap
-    A.ce_scale = ce_scale
-    A.z_scale = z_scale
+    _ce_args_set(&A, C, w, eps, z, softcap, ce_scale, z_scale)
     if w != NULL:
         A.wsum = 0.0
         for c in range(C):
@@ -468,28 +501,21 @@ cdef int _ce_int_call(X, target, weight, int64_t ignore_index, double eps,
                       double z, double softcap, double ce_scale,
                       double z_scale, double gscalar, gout, loss_out,
                       grad_out, int nthreads) except -1:
-    cdef int tn = _ftype(X)
-    cdef const void *x = _data(X, tn, 2, -1, -1, 0, 0, "X")
-    cdef int64_t R = _dim(X, 0), C = _dim(X, 1)
-    cdef const int64_t *t = <const int64_t *>_data(target, _I64, 1, R, -1, 0, 0, "target")
-    cdef const void *w = _data(weight, tn, 1, C, -1, 0, 1, "weight")
-    cdef const double *gp = <const double *>_data(gout, _F64, 1, R, -1, 0, 1, "gout")
-    cdef double *lp = <double *>_data(loss_out, _F64, 1, R, -1, 1, 1, "loss_out")
-    cdef void *g = NULL
+    cdef _ce_ops o
     cdef int failed = 0
-    if grad_out is not None:
-        g = _data(grad_out, tn, 2, R, C, 1, 0, "grad_out")
-    if R == 0 or C == 0:
+    _ce_operands(X, weight, gout, loss_out, grad_out, &o)
+    cdef const int64_t *t = <const int64_t *>_data(target, _I64, 1, o.R, -1, 0, 0, "target")
+    if o.R == 0 or o.C == 0:
         return 0
     with nogil:
-        if tn == _F32:
-            _ce_int(<const float *>x, R, C, t, <const float *>w, ignore_index,
-                    eps, z, softcap, ce_scale, z_scale, gscalar, gp, lp,
-                    <float *>g, nthreads, &failed)
-        else:
-            _ce_int(<const double *>x, R, C, t, <const double *>w,
+        if o.tn == _F32:
+            _ce_int(<const float *>o.x, o.R, o.C, t, <const float *>o.w,
                     ignore_index, eps, z, softcap, ce_scale, z_scale, gscalar,
-                    gp, lp, <double *>g, nthreads, &failed)
+                    o.gp, o.lp, <float *>o.g, nthreads, &failed)
+        else:
+            _ce_int(<const double *>o.x, o.R, o.C, t, <const double *>o.w,
+                    ignore_index, eps, z, softcap, ce_scale, z_scale, gscalar,
+                    o.gp, o.lp, <double *>o.g, nthreads, &failed)
     if failed:
         raise MemoryError("fastxent: no memory for the softcap scratch rows")
     return 0
@@ -549,14 +575,7 @@ cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
     cdef Py_ssize_t k
     cdef int nt = _threads(nthreads, R * C)
     cdef int bad = 0
-    A.C = C
-    A.w = w
-    A.wsum = <double>C
-    A.eps = eps
-    A.z = z
-    A.softcap = softcap
-    A.ce_scale = ce_scale
-    A.z_scale = z_scale
+    _ce_args_set(&A, C, w, eps, z, softcap, ce_scale, z_scale)
     if nt == 1:
         failed[0] = _soft_chunk(&A, x, p, gp, gscalar, lp, g, 0, R)
         return
@@ -569,28 +588,21 @@ cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
 cdef int _ce_soft_call(X, P, weight, double eps, double z, double softcap,
                        double ce_scale, double z_scale, double gscalar, gout,
                        loss_out, grad_out, int nthreads) except -1:
-    cdef int tn = _ftype(X)
-    cdef const void *x = _data(X, tn, 2, -1, -1, 0, 0, "X")
-    cdef int64_t R = _dim(X, 0), C = _dim(X, 1)
-    cdef const void *p = _data(P, tn, 2, R, C, 0, 0, "P")
-    cdef const void *w = _data(weight, tn, 1, C, -1, 0, 1, "weight")
-    cdef const double *gp = <const double *>_data(gout, _F64, 1, R, -1, 0, 1, "gout")
-    cdef double *lp = <double *>_data(loss_out, _F64, 1, R, -1, 1, 1, "loss_out")
-    cdef void *g = NULL
+    cdef _ce_ops o
     cdef int failed = 0
-    if grad_out is not None:
-        g = _data(grad_out, tn, 2, R, C, 1, 0, "grad_out")
-    if R == 0 or C == 0:
+    _ce_operands(X, weight, gout, loss_out, grad_out, &o)
+    cdef const void *p = _data(P, o.tn, 2, o.R, o.C, 0, 0, "P")
+    if o.R == 0 or o.C == 0:
         return 0
     with nogil:
-        if tn == _F32:
-            _ce_soft(<const float *>x, <const float *>p, R, C,
-                     <const float *>w, eps, z, softcap, ce_scale, z_scale,
-                     gscalar, gp, lp, <float *>g, nthreads, &failed)
+        if o.tn == _F32:
+            _ce_soft(<const float *>o.x, <const float *>p, o.R, o.C,
+                     <const float *>o.w, eps, z, softcap, ce_scale, z_scale,
+                     gscalar, o.gp, o.lp, <float *>o.g, nthreads, &failed)
         else:
-            _ce_soft(<const double *>x, <const double *>p, R, C,
-                     <const double *>w, eps, z, softcap, ce_scale, z_scale,
-                     gscalar, gp, lp, <double *>g, nthreads, &failed)
+            _ce_soft(<const double *>o.x, <const double *>p, o.R, o.C,
+                     <const double *>o.w, eps, z, softcap, ce_scale, z_scale,
+                     gscalar, o.gp, o.lp, <double *>o.g, nthreads, &failed)
     if failed:
         raise MemoryError("fastxent: no memory for the softcap scratch rows")
     return 0

@@ -72,8 +72,8 @@ _FM_EXP = frozenset({"nsz", "arcp", "contract", "afn"})
 _FM_ELT = frozenset({"nsz", "arcp", "contract"})
 _FM_RED = frozenset({"reassoc", "nsz", "arcp", "contract"})
 
-#: Rows with fewer classes than ``_FLAT_C`` (gradient, no softcap) go in
-#: blocks of about ``_FLAT_ELEMENTS`` elements with one flat exp per block.
+#: Rows with fewer classes than ``_FLAT_C`` (no softcap) go in blocks of about
+#: ``_FLAT_ELEMENTS`` elements, transposed (see ``_ce_int_flat``).
 _FLAT_C = 64
 _FLAT_ELEMENTS = 2048
 
@@ -797,11 +797,6 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                     Gb[j, c] = zero
 
 
-def _row_exp_inplace(g):
-    for c in range(g.shape[0]):
-        g[c] = _exp(g[c])
-
-
 # ============================================== cross-entropy, soft targets
 
 
@@ -1135,7 +1130,7 @@ _SERIAL = {
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None,
-    "_row_exp_inplace": _FM_ELT, "_ce_soft_rows": None,
+    "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
     "_bcel_elem": _FM_ELT,
 }
