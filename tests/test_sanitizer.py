@@ -29,7 +29,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ["test_cross_entropy.py", "test_softmax.py", "test_binary.py", "test_special_values.py",
          "test_errors_and_inputs.py", "test_gradients.py", "test_adversarial.py", "test_concurrency.py",
-         "test_threads.py"]
+         "test_threads.py", "test_few_classes.py"]
 
 
 def _libasan():
