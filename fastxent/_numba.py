@@ -736,14 +736,6 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 for c0 in range(0, C, W):
                     cc = min(c0, C - W)
                     _tile_tmax(Xb, j, cc, T, cc, j, shb)
-            for j in range(nr):
-                m = shb[j]
-                shb[j] = m if np.isfinite(m) else zero
-                y = tgt[j]
-                ok = y != ignore_index
-                yc = y if ok else 0
-                tb[j] = y if ok else -1
-                xyb[j] = np.float64(Xb[j, yc])
         else:
             for j in range(nr):
                 m = Xb[j, 0]
@@ -752,12 +744,15 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                     v = Xb[j, c]
                     T[c, j] = v
                     m = _fmax(m, v)
-                shb[j] = m if np.isfinite(m) else zero
-                y = tgt[j]
-                ok = y != ignore_index
-                yc = y if ok else 0
-                tb[j] = y if ok else -1
-                xyb[j] = np.float64(Xb[j, yc])
+                shb[j] = m
+        for j in range(nr):
+            m = shb[j]
+            shb[j] = m if np.isfinite(m) else zero
+            y = tgt[j]
+            ok = y != ignore_index
+            yc = y if ok else 0
+            tb[j] = y if ok else -1
+            xyb[j] = np.float64(Xb[j, yc])
         gnb = gout[q0:q0 + nr] if has_g else gsb
         if has_w:
             for j in range(nr):
