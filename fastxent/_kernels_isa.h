@@ -193,8 +193,10 @@ FX_I(fx_tanh)(double u)
  *
  * Same math as fx_ce_row without label smoothing and softcap, for a block of
  * 8 rows: the 8 logs of S as one vector log (a scalar log per row costs more
- * than a 10-class row's exps), the block's exps with full vector lanes.  A
- * block with an ignored row goes to the per-row code (nothing written). */
+ * than a 10-class row's exps, fx_ce_end8_avx2), the block's exps with full
+ * vector lanes (class-major up to FX_CM_CMAX classes, staged above; see
+ * fx_ce_block8_f32_avx2).  A block with an ignored row, an infinite row max
+ * or a NaN goes to the per-row code (nothing written). */
 #define FX_SMALL_CMAX 64
 
 typedef struct {

@@ -697,7 +697,6 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
     smooth = eps > 0.0
-    hz = z > 0.0
     RB = max(8, (_FLAT_ELEMENTS // C) & -8)  # a multiple of the tile width
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
     W = _tile_w(T)  # 8 (float32) or 4 (float64)
