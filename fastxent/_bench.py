@@ -266,19 +266,21 @@ def check_dispatch(case: Case, run: Callable[[], object]) -> None:
 # ------------------------------------------------------------------ timing
 
 
-def time_call(run: Callable[[], object], repeats: int, min_seconds: float = 0.02) -> List[float]:
-    """Seconds per call: ``repeats`` samples, each averaging enough calls for ``min_seconds``."""
+def calibrate(run: Callable[[], object], min_seconds: float = 0.02) -> int:
+    """Calls per sample so that one sample lasts about ``min_seconds`` (after a warm-up)."""
+    run()
     t0 = time.perf_counter()
     run()
     once = time.perf_counter() - t0
-    inner = max(1, int(min_seconds / max(once, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            run()
-        samples.append((time.perf_counter() - t0) / inner)
-    return samples
+    return max(1, int(min_seconds / max(once, 1e-9)))
+
+
+def sample(run: Callable[[], object], inner: int) -> float:
+    """Seconds per call, averaged over ``inner`` calls."""
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        run()
+    return (time.perf_counter() - t0) / inner
 
 
 def machine() -> dict:
@@ -302,33 +304,86 @@ def machine() -> dict:
     }
 
 
+def _groups(cs: List[Case]) -> List[List[Case]]:
+    """Cases grouped by (kernel, shape, dtype), in order."""
+    out: List[List[Case]] = []
+    for c in cs:
+        if out and (out[-1][0].kernel, out[-1][0].shape, out[-1][0].dtype) == (
+                c.kernel, c.shape, c.dtype):
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
 def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True) -> dict:
-    """Time every case; memcpy of the same array is timed beside each group."""
+    """Time every case, the cases of one (kernel, shape, dtype) round-robin.
+
+    Each round takes one sample of every case of the group in turn, the memcpy
+    first, so a case's ratio to memcpy can be taken per round (``_derive``):
+    on a shared machine whose speed drifts over seconds, a memcpy timed a
+    moment before is a fairer floor than one timed a minute earlier. The
+    NumPy path and the peers (slow) take part in the first
+    ``max(3, repeats // 3)`` rounds only.
+    """
     cs = cases(quick=quick, peers=peers, backends=backends)
     results = []
-    for i, case in enumerate(cs):
-        if progress:
-            progress(i, len(cs), case.id)
-        try:
-            run = case.setup()
-            check_dispatch(case, run)
-            reps = repeats if case.runner != "numpy" else max(3, repeats // 3)
-            samples = time_call(run, reps)
-            err = None
-        except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the report
-            samples, err = [], "%s: %s" % (type(exc).__name__, exc)
-        results.append({
-            "kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
-            "runner": case.runner, "samples_s": samples,
-            "median_s": statistics.median(samples) if samples else None, "error": err,
-        })
-        run = None
+    done = 0
+    for group in _groups(cs):
+        runs, recs = [], []
+        for case in group:
+            if progress:
+                progress(done, len(cs), case.id)
+            done += 1
+            rec = {"kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
+                   "runner": case.runner, "samples_s": [], "rounds": [],
+                   "median_s": None, "error": None}
+            try:
+                run = case.setup()
+                check_dispatch(case, run)
+                inner = calibrate(run)
+            except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the report
+                run, inner = None, 0
+                rec["error"] = "%s: %s" % (type(exc).__name__, exc)
+            slow = case.runner in ("numpy",) + PEERS
+            runs.append((run, inner, max(3, repeats // 3) if slow else repeats))
+            recs.append(rec)
+        for k in range(repeats):
+            for (run, inner, reps), rec in zip(runs, recs):
+                if run is None or k >= reps:
+                    continue
+                try:
+                    rec["samples_s"].append(sample(run, inner))
+                    rec["rounds"].append(k)
+                except Exception as exc:  # noqa: BLE001
+                    rec["error"] = "%s: %s" % (type(exc).__name__, exc)
+        for rec in recs:
+            if rec["error"]:
+                rec["samples_s"], rec["rounds"] = [], []
+            elif rec["samples_s"]:
+                rec["median_s"] = statistics.median(rec["samples_s"])
+        results.extend(recs)
+        runs = None
     if progress:
         progress(len(cs), len(cs), "done")
     return {"machine": machine(), "quick": quick, "results": results}
 
 
 # ------------------------------------------------------------------ report
+
+
+def paired_ratio(r: dict, mem: dict) -> Optional[float]:
+    """Median over rounds of (this case's sample / the memcpy sample of the same round).
+
+    Reports without rounds (older ones) give the ratio of the medians.
+    """
+    if not mem.get("median_s") or not r.get("median_s"):
+        return None
+    if "rounds" not in r or "rounds" not in mem:
+        return r["median_s"] / mem["median_s"]
+    m = dict(zip(mem["rounds"], mem["samples_s"]))
+    q = [t / m[k] for k, t in zip(r["rounds"], r["samples_s"]) if k in m]
+    return statistics.median(q) if q else None
 
 
 def _derive(data: dict) -> List[dict]:
@@ -341,7 +396,7 @@ def _derive(data: dict) -> List[dict]:
         n_el = shape[0] * shape[1]
         item = np.dtype(dtype).itemsize
         moved = n_el * item * (2 if WORKS[kernel].writes_full else 1)
-        mem = group.get("memcpy", {}).get("median_s")
+        mem = group.get("memcpy", {})
         base = {k: group.get(k, {}).get("median_s") for k in ("numpy",) + PEERS}
         for runner, r in group.items():
             t = r["median_s"]
@@ -351,7 +406,7 @@ def _derive(data: dict) -> List[dict]:
             if t:
                 row["Gelem_s"] = n_el / t / 1e9
                 row["GB_s"] = moved / t / 1e9
-                row["x_memcpy"] = t / mem if mem else None
+                row["x_memcpy"] = paired_ratio(r, mem)
                 for k, v in base.items():
                     ok = v and runner not in ("memcpy", k)
                     row["speedup_vs_" + k] = v / t if ok else None
@@ -373,10 +428,12 @@ def write_report(data: dict, outdir: str) -> Dict[str, str]:
                ", ".join("%s %s" % kv for kv in m["versions"].items()), m["date"]))
     lines = [
         "# fastxent benchmark report", "", head, "",
-        "Median of repeated calls (%s mode). `x memcpy` is the time over `np.copyto` of the "
-        "same logits into a same-sized buffer, timed in the same run: the floor for any "
-        "work that reads the logits and writes an N x C result (for loss-only work, the "
-        "floor is half of it). Speed-ups are the other runner's time over this row's."
+        "Median of repeated calls (%s mode); the runners of one row group are timed "
+        "round-robin, one sample each per round. `x memcpy` is the median over rounds of "
+        "the time over that round's `np.copyto` of the same logits into a same-sized "
+        "buffer: the floor for any work that reads the logits and writes an N x C result "
+        "(for loss-only work, the floor is half of it). Speed-ups are the other runner's "
+        "median time over this row's."
         % ("quick" if data["quick"] else "full"), "",
         "| work | shape | dtype | runner | ms | Gelem/s | GB/s | x memcpy | vs numpy | vs torch | vs jax |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

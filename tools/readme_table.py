@@ -3,11 +3,16 @@
     python tools/readme_table.py docs/bench/report.json [second-run/report.json]
 
 With two runs, each cell shows both (run 1 / run 2): the speed issue asks for
-every target to hold in two runs.
+every target to hold in two runs. The ratio to memcpy is the report's: the
+median over rounds of each round's ratio (fastxent._bench.paired_ratio).
 """
 
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fastxent._bench import paired_ratio  # noqa: E402
 
 WORK = {
     "ce_loss_grad": "cross_entropy_with_grad",
@@ -31,7 +36,7 @@ def table(paths):
         for r in data["results"]:
             if r.get("error") or r.get("median_s") is None:
                 continue
-            d[(r["kernel"], tuple(r["shape"]), r["dtype"], r["runner"])] = r["median_s"]
+            d[(r["kernel"], tuple(r["shape"]), r["dtype"], r["runner"])] = r
         keyed.append(d)
     order = []
     for r in runs[0]["results"]:
@@ -46,14 +51,14 @@ def table(paths):
         for runner in RUNNERS:
             vals = []
             for d in keyed:
-                t = d.get(k + (runner,))
+                r = d.get(k + (runner,))
                 m = d.get(k + ("memcpy",))
-                if t is None:
+                if r is None:
                     vals.append("-")
                 elif runner in ("cython", "numba") and m:
-                    vals.append("%s (%.2f)" % (_fmt(t), t / m))
+                    vals.append("%s (%.2f)" % (_fmt(r["median_s"]), paired_ratio(r, m)))
                 else:
-                    vals.append(_fmt(t))
+                    vals.append(_fmt(r["median_s"]))
             cells.append(" / ".join(vals))
         lines.append("| %s | %s | %s | %s |" % (WORK.get(k[0], k[0]), "x".join(map(str, k[1])),
                                                 k[2], " | ".join(cells)))

@@ -1,0 +1,53 @@
+"""The benchmark report's bookkeeping: paired ratios, round-robin runs, dispatch checks."""
+
+import json
+
+import pytest
+
+from fastxent import _bench, _dispatch
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    mem = {"median_s": 2.0, "samples_s": [1.0, 2.0, 3.0], "rounds": [0, 1, 2]}
+    case = {"median_s": 3.0, "samples_s": [2.0, 5.0, 3.0], "rounds": [0, 1, 2]}
+    # rounds: 2/1, 5/2, 3/3 -> median 2 (the ratio of the medians would be 1.5)
+    assert _bench.paired_ratio(case, mem) == pytest.approx(2.0)
+    # a runner sampled in fewer rounds pairs with those rounds only: 2/1, 3/3
+    few = {"median_s": 2.5, "samples_s": [2.0, 3.0], "rounds": [0, 2]}
+    assert _bench.paired_ratio(few, mem) == pytest.approx(1.5)
+
+
+def test_paired_ratio_without_rounds_or_memcpy():
+    old_mem = {"median_s": 2.0, "samples_s": [2.0]}
+    old = {"median_s": 3.0, "samples_s": [3.0]}
+    assert _bench.paired_ratio(old, old_mem) == pytest.approx(1.5)
+    assert _bench.paired_ratio(old, {}) is None
+    assert _bench.paired_ratio({"median_s": None}, old_mem) is None
+
+
+def test_run_all_round_robin_and_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(_bench, "QUICK_SIZES", [("ce_loss_grad", (8, 10), "float32")])
+    data = _bench.run_all(quick=True, repeats=4, peers=False)
+    res = {r["runner"]: r for r in data["results"]}
+    bes = [b for b, v in _dispatch.backends().items() if v["available"]]
+    assert set(res) == {"memcpy", *bes}
+    for runner, r in res.items():
+        assert r["error"] is None
+        want = 3 if runner == "numpy" else 4  # numpy: max(3, repeats // 3) rounds
+        assert r["rounds"] == list(range(want))
+        assert len(r["samples_s"]) == want and all(s > 0 for s in r["samples_s"])
+    paths = _bench.write_report(data, str(tmp_path))
+    rows = json.load(open(paths["json"]))["rows"]
+    for row in rows:
+        r = res[row["runner"]]
+        assert row["x_memcpy"] == pytest.approx(_bench.paired_ratio(r, res["memcpy"]))
+    assert "round-robin" in open(paths["md"]).read()
+
+
+def test_check_dispatch_catches_a_misnamed_case():
+    wrong = _bench.Case("ce_loss", (8, 10), "float32", "numpy",
+                        _bench._fastxent_setup("ce_loss_grad", (8, 10), "float32", "numpy"))
+    with pytest.raises(AssertionError, match="dispatched"):
+        _bench.check_dispatch(wrong, wrong.setup())
+    right = _bench.Case("ce_loss_grad", (8, 10), "float32", "numpy", wrong.setup)
+    _bench.check_dispatch(right, right.setup())
