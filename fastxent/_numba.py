@@ -697,22 +697,29 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
     smooth = eps > 0.0
-    RB = max(8, (_FLAT_ELEMENTS // C) & -8)  # a multiple of the tile width
+    # rows per block: a multiple of the tile width, no more than the rows
+    RB = min(max(8, (_FLAT_ELEMENTS // C) & -8), (r1 - r0 + 7) & -8)
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
     W = _tile_w(T)  # 8 (float32) or 4 (float64)
-    shb = np.empty(RB, X.dtype)  # row max, then the shift
+    # per-row scratch, one allocation per dtype (each costs ~0.1 us, which
+    # is what a call of a few rows spends)
+    fx = np.empty((3, RB), X.dtype)
+    shb = fx[0]  # row max, then the shift
+    kb = fx[1]  # pass 3: d_c = e_c k - b w_c
+    bb = fx[2]
     tb = np.empty(RB, np.int64)  # target, -1 if ignored (matches no class)
-    sxb = np.empty(RB, np.float64)  # sum_c w_c (shift - x_c) (smoothing)
-    xyb = np.empty(RB, np.float64)  # x_y
-    eyb = np.empty(RB, np.float64)  # e_y
-    rb = np.empty(RB, np.float64)  # R = sum_{c != y} e_c, p_y - 1 = -R / S
-    sb = np.empty(RB, np.float64)  # S, 1 where not S >= 1 (a NaN row)
-    lb = np.empty(RB, np.float64)  # lse, NaN for a NaN row
-    kb = np.empty(RB, X.dtype)  # pass 3: d_c = e_c k - b w_c
-    bb = np.empty(RB, X.dtype)
-    dyb = np.empty(RB, np.float64)  # the target's entry
-    wyb = np.ones(RB, np.float64)  # w_y (1 without weights)
-    gsb = np.full(RB, gscalar)  # grad_output per row without gout
+    f64 = np.empty((9, RB), np.float64)
+    sxb = f64[0]  # sum_c w_c (shift - x_c) (smoothing)
+    xyb = f64[1]  # x_y
+    eyb = f64[2]  # e_y
+    rb = f64[3]  # R = sum_{c != y} e_c, p_y - 1 = -R / S
+    sb = f64[4]  # S, 1 where not S >= 1 (a NaN row)
+    lb = f64[5]  # lse, NaN for a NaN row
+    dyb = f64[6]  # the target's entry
+    wyb = f64[7]  # w_y (1 without weights)
+    wyb[:] = 1.0
+    gsb = f64[8]  # grad_output per row without gout
+    gsb[:] = gscalar
     if not smooth:
         sxb[:] = 0.0
     zero = _as(T, 0.0)
@@ -1452,6 +1459,8 @@ def _jit_all():
 
 def _nchunks(nb, n, nthreads):
     """Chunks (= threads) for ``n`` rows or blocks; sets Numba's thread count."""
+    if nthreads <= 1 or n <= 1:
+        return 1
     k = min(int(nthreads), nb.config.NUMBA_NUM_THREADS, n)
     if k > 1:
         nb.set_num_threads(k)  # thread-local in Numba
