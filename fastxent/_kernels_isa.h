@@ -74,6 +74,23 @@ FX_I(fx_expf)(float x)
 #define FX_E64_C10 2.7620088445409746e-07
 #define FX_E64_C11 2.510038549551032e-08
 static inline __attribute__((always_inline)) FX_TARGET double
+FX_I(fx_exp_poly)(double r) /* exp(r), |r| <= 0.347 */
+{
+    double p = FX_E64_C11;
+    p = FX_FMA(p, r, FX_E64_C10);
+    p = FX_FMA(p, r, FX_E64_C9);
+    p = FX_FMA(p, r, FX_E64_C8);
+    p = FX_FMA(p, r, FX_E64_C7);
+    p = FX_FMA(p, r, FX_E64_C6);
+    p = FX_FMA(p, r, FX_E64_C5);
+    p = FX_FMA(p, r, FX_E64_C4);
+    p = FX_FMA(p, r, FX_E64_C3);
+    p = FX_FMA(p, r, FX_E64_C2);
+    p = FX_FMA(p, r * r, r);
+    return p + 1.0;
+}
+
+static inline __attribute__((always_inline)) FX_TARGET double
 FX_I(fx_exp)(double x)
 {
     double xc = x < -746.0 ? -746.0 : x;   /* exp(-746) < 2**-1075: 0 */
@@ -88,18 +105,7 @@ FX_I(fx_exp)(double x)
     uint64_t n2b = u - (u >> 1) - 1024u + 1023u;
     double r = FX_FMA(n, -6.93145751953125E-1, xc);  /* exact high part */
     r = FX_FMA(n, -1.42860682030941723212E-6, r);
-    double p = FX_E64_C11;
-    p = FX_FMA(p, r, FX_E64_C10);
-    p = FX_FMA(p, r, FX_E64_C9);
-    p = FX_FMA(p, r, FX_E64_C8);
-    p = FX_FMA(p, r, FX_E64_C7);
-    p = FX_FMA(p, r, FX_E64_C6);
-    p = FX_FMA(p, r, FX_E64_C5);
-    p = FX_FMA(p, r, FX_E64_C4);
-    p = FX_FMA(p, r, FX_E64_C3);
-    p = FX_FMA(p, r, FX_E64_C2);
-    p = FX_FMA(p, r * r, r);
-    p = p + 1.0;
+    double p = FX_I(fx_exp_poly)(r);
     uint64_t b1 = n1b << 52, b2 = n2b << 52;
     double s1, s2;
     memcpy(&s1, &b1, sizeof s1);
@@ -166,18 +172,7 @@ FX_I(fx_exp_le0)(double x)
     uint64_t sb = (ti << 52) + ((1023ull + 64ull) << 52);
     double r = FX_FMA(n, -6.93145751953125E-1, xc);
     r = FX_FMA(n, -1.42860682030941723212E-6, r);
-    double p = FX_E64_C11;
-    p = FX_FMA(p, r, FX_E64_C10);
-    p = FX_FMA(p, r, FX_E64_C9);
-    p = FX_FMA(p, r, FX_E64_C8);
-    p = FX_FMA(p, r, FX_E64_C7);
-    p = FX_FMA(p, r, FX_E64_C6);
-    p = FX_FMA(p, r, FX_E64_C5);
-    p = FX_FMA(p, r, FX_E64_C4);
-    p = FX_FMA(p, r, FX_E64_C3);
-    p = FX_FMA(p, r, FX_E64_C2);
-    p = FX_FMA(p, r * r, r);
-    p = p + 1.0;
+    double p = FX_I(fx_exp_poly)(r);
     double s;
     memcpy(&s, &sb, sizeof s);
     return (p * s) * 5.42101086242752217e-20; /* 2**-64 */
@@ -355,10 +350,14 @@ static FX_TARGET void fx_small_idx_init_avx2(fx_small_idx *T, int64_t C)
                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     T->vidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                  _mm256_set1_epi32((int)C));
+    int32_t r = 0, c = 0; /* flat f = r C + c */
     for (int64_t f = 0; f < 8 * C; f++) {
-        int32_t r = (int32_t)(f / C), c = (int32_t)(f % C);
         T->tidx[f / 8][f % 8] = c * 8 + r;
         T->ridx[f / 8][f % 8] = r;
+        if (++c == C) {
+            c = 0;
+            r++;
+        }
     }
 }
 
@@ -606,19 +605,17 @@ fx_st2_avx2(float *lo, float *hi, __m256 v)
  * medians of 15 interleaved, ns per element, vs staged): C = 10 1.41 vs
  * 1.77; C = 4 2.1 vs 3.0; C = 16 1.8 vs 2.1; the gathers at C = 4: 4.0. */
 #define FX_CM_CMAX 16
+
+/* 8 rows of C floats at x into xb[c] (lane r = row r), their maxima to mx
+ * (NaN skipped, as fx_rowmax); 0 if a row's max is +-inf (a non-finite row:
+ * the caller's per-row code makes it NaN, or all -inf). */
 static inline __attribute__((always_inline)) FX_TARGET int
-fx_ce_cm8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
-                   const float *x, const int64_t *t, int64_t ign,
-                   const double *gp, double gscalar, double *lp, float *g,
-                   const int64_t C)
+fx_cm8_in_f32_avx2(const fx_small_idx *T, const float *x, __m256 *xb,
+                   __m256 *mx, const int64_t C)
 {
     const int64_t nf = C & ~(int64_t)7;
     const int tl = (int)(C & 7);
     const int GA = C < 4; /* gathers */
-    __m256 xb[FX_CM_CMAX + 8], eb[FX_CM_CMAX + 8];
-    __m256i y32;
-    if (!fx_y32_avx2(t, ign, &y32))
-        return 0;
     for (int64_t c = 0; GA && c < C; c++)
         xb[c] = _mm256_i32gather_ps(x + c, T->vidx, 4);
     for (int64_t c0 = 0; !GA && c0 < nf; c0 += 8) {
@@ -647,12 +644,77 @@ fx_ce_cm8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
             fx_tr4x2_avx2(v + 4);
         }
     }
-    __m256 mx = _mm256_set1_ps(-INFINITY);
+    __m256 m = _mm256_set1_ps(-INFINITY);
     for (int64_t c = 0; c < C; c++)
-        mx = _mm256_max_ps(xb[c], mx); /* NaN skipped, as fx_rowmax */
-    /* +-inf max: a non-finite row (per-row code makes it NaN) */
-    const __m256 amx = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), mx);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(amx, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)))
+        m = _mm256_max_ps(xb[c], m); /* NaN skipped, as fx_rowmax */
+    *mx = m;
+    const __m256 am = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), m);
+    return !_mm256_movemask_ps(_mm256_cmp_ps(am, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
+}
+
+/* eb[c] (lane r = row r, c < C) out to the 8 rows of C floats at g, the
+ * reverse of fx_cm8_in_f32_avx2 (eb is clobbered): rows stored in order,
+ * each row's tail first (its last 8 floats run into the next row's start,
+ * which that row's own stores overwrite later), row 7's tail exactly. */
+static inline __attribute__((always_inline)) FX_TARGET void
+fx_cm8_out_f32_avx2(const fx_small_idx *T, __m256 *eb, float *g, const int64_t C)
+{
+    const int64_t nf = C & ~(int64_t)7;
+    const int tl = (int)(C & 7);
+    if (C < 4) { /* gathers */
+        for (int64_t k = 0; k < C; k++) {
+            __m256i ti = _mm256_loadu_si256((const __m256i *)T->tidx[k]);
+            _mm256_storeu_ps(g + 8 * k, _mm256_i32gather_ps((const float *)eb, ti, 4));
+        }
+        return;
+    }
+    for (int64_t c = C; tl && c < nf + 8; c++)
+        eb[c] = _mm256_setzero_ps(); /* transposed into lanes never kept */
+    if (tl) {
+        /* rows in order: 0-3 (low halves), 4-6 (high halves), 7 exactly */
+        __m256 *v = eb + nf;
+        float tb[8];
+        fx_tr4x2_avx2(v);
+        if (tl > 4)
+            fx_tr4x2_avx2(v + 4);
+        for (int r = 0; r < 4; r++) {
+            _mm_storeu_ps(g + r * C + nf, _mm256_castps256_ps128(v[r]));
+            if (tl > 4)
+                _mm_storeu_ps(g + r * C + nf + 4, _mm256_castps256_ps128(v[4 + r]));
+        }
+        for (int r = 0; r < 3; r++) {
+            _mm_storeu_ps(g + (r + 4) * C + nf, _mm256_extractf128_ps(v[r], 1));
+            if (tl > 4)
+                _mm_storeu_ps(g + (r + 4) * C + nf + 4, _mm256_extractf128_ps(v[4 + r], 1));
+        }
+        _mm_storeu_ps(tb, _mm256_extractf128_ps(v[3], 1));
+        if (tl > 4)
+            _mm_storeu_ps(tb + 4, _mm256_extractf128_ps(v[7], 1));
+        for (int j = 0; j < tl; j++)
+            g[7 * C + nf + j] = tb[j];
+    }
+    for (int64_t c0 = 0; c0 < nf; c0 += 8) {
+        __m256 *v = eb + c0;
+        fx_tr4x2_avx2(v);
+        fx_tr4x2_avx2(v + 4);
+        for (int r = 0; r < 4; r++) {
+            fx_st2_avx2(g + r * C + c0, g + (r + 4) * C + c0, v[r]);
+            fx_st2_avx2(g + r * C + c0 + 4, g + (r + 4) * C + c0 + 4, v[4 + r]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) FX_TARGET int
+fx_ce_cm8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+                   const float *x, const int64_t *t, int64_t ign,
+                   const double *gp, double gscalar, double *lp, float *g,
+                   const int64_t C)
+{
+    __m256 xb[FX_CM_CMAX + 8], eb[FX_CM_CMAX + 8], mx;
+    __m256i y32;
+    if (!fx_y32_avx2(t, ign, &y32))
+        return 0;
+    if (!fx_cm8_in_f32_avx2(T, x, xb, &mx, C))
         return 0;
     /* R = sum of e_c, c != y (pairs of classes added in float: one rounding,
      * then float64), e_y and x_y picked per lane */
@@ -690,51 +752,73 @@ fx_ce_cm8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
         return 1;
     float dyf[8];
     _mm256_storeu_ps(dyf, fx_cvt2_avx2(dy[0], dy[1]));
-    for (int64_t k = 0; GA && k < C; k++) {
-        __m256i ti = _mm256_loadu_si256((const __m256i *)T->tidx[k]);
-        __m256i ri = _mm256_loadu_si256((const __m256i *)T->ridx[k]);
-        __m256 e = _mm256_i32gather_ps((const float *)eb, ti, 4);
-        _mm256_storeu_ps(g + 8 * k, _mm256_mul_ps(e, _mm256_permutevar8x32_ps(ksT, ri)));
-    }
-    for (int64_t c = 0; !GA && c < C; c++)
+    for (int64_t c = 0; c < C; c++)
         eb[c] = _mm256_mul_ps(eb[c], ksT);
-    for (int64_t c = C; !GA && tl && c < nf + 8; c++)
-        eb[c] = _mm256_setzero_ps(); /* transposed into lanes never kept */
-    if (!GA && tl) {
-        /* rows in order: 0-3 (low halves), 4-6 (high halves), 7 exactly */
-        __m256 *v = eb + nf;
-        float tb[8];
-        fx_tr4x2_avx2(v);
-        if (tl > 4)
-            fx_tr4x2_avx2(v + 4);
-        for (int r = 0; r < 4; r++) {
-            _mm_storeu_ps(g + r * C + nf, _mm256_castps256_ps128(v[r]));
-            if (tl > 4)
-                _mm_storeu_ps(g + r * C + nf + 4, _mm256_castps256_ps128(v[4 + r]));
-        }
-        for (int r = 0; r < 3; r++) {
-            _mm_storeu_ps(g + (r + 4) * C + nf, _mm256_extractf128_ps(v[r], 1));
-            if (tl > 4)
-                _mm_storeu_ps(g + (r + 4) * C + nf + 4, _mm256_extractf128_ps(v[4 + r], 1));
-        }
-        _mm_storeu_ps(tb, _mm256_extractf128_ps(v[3], 1));
-        if (tl > 4)
-            _mm_storeu_ps(tb + 4, _mm256_extractf128_ps(v[7], 1));
-        for (int j = 0; j < tl; j++)
-            g[7 * C + nf + j] = tb[j];
-    }
-    for (int64_t c0 = 0; !GA && c0 < nf; c0 += 8) {
-        __m256 *v = eb + c0;
-        fx_tr4x2_avx2(v);
-        fx_tr4x2_avx2(v + 4);
-        for (int r = 0; r < 4; r++) {
-            fx_st2_avx2(g + r * C + c0, g + (r + 4) * C + c0, v[r]);
-            fx_st2_avx2(g + r * C + c0 + 4, g + (r + 4) * C + c0 + 4, v[4 + r]);
-        }
-    }
+    fx_cm8_out_f32_avx2(T, eb, g, C);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
     return 1;
+}
+
+/* softmax (LOG = 0) or log_softmax (LOG = 1) of 8 rows of 2 <= C <=
+ * FX_CM_CMAX floats, class-major as fx_ce_cm8_f32_avx2: 1 if done, 0 if the
+ * caller must do them per row (a row with an infinite max or a NaN; nothing
+ * written).  The rows' math is fx_softmax_row's and fx_log_softmax_row's: S
+ * in float64 (pairs of classes added in float first, as the cross-entropy
+ * block), out = e (float)(1 / S), or (x - max) - (float)log S with one
+ * vector log for the 8 sums (a scalar log per row cost more than the row). */
+static inline __attribute__((always_inline)) FX_TARGET int
+fx_sm_cm8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
+                   const int LOG, const int64_t C)
+{
+    __m256 xb[FX_CM_CMAX + 8], eb[FX_CM_CMAX + 8], mx;
+    if (!fx_cm8_in_f32_avx2(T, x, xb, &mx, C))
+        return 0;
+    __m256d S[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+    for (int64_t c = 0; c < C; c += 2) {
+        __m256 es = _mm256_setzero_ps();
+        for (int64_t k = c; k < c + 2 && k < C; k++) {
+            eb[k] = fx_v_expf_le0_avx2(_mm256_sub_ps(xb[k], mx));
+            es = _mm256_add_ps(es, eb[k]);
+        }
+        S[0] = _mm256_add_pd(S[0], _mm256_cvtps_pd(_mm256_castps256_ps128(es)));
+        S[1] = _mm256_add_pd(S[1], _mm256_cvtps_pd(_mm256_extractf128_ps(es, 1)));
+    }
+    /* NaN in a row: S is NaN (S >= 1 otherwise, finite as C e <= C) */
+    if (_mm256_movemask_pd(_mm256_cmp_pd(S[0], S[1], _CMP_UNORD_Q)))
+        return 0;
+    if (LOG) {
+        const __m256 L = fx_cvt2_avx2(fx_v_log_ge1_avx2(S[0]), fx_v_log_ge1_avx2(S[1]));
+        for (int64_t c = 0; c < C; c++)
+            eb[c] = _mm256_sub_ps(_mm256_sub_ps(xb[c], mx), L);
+    } else {
+        const __m256d one = _mm256_set1_pd(1.0);
+        const __m256 f = fx_cvt2_avx2(_mm256_div_pd(one, S[0]), _mm256_div_pd(one, S[1]));
+        for (int64_t c = 0; c < C; c++)
+            eb[c] = _mm256_mul_ps(eb[c], f);
+    }
+    fx_cm8_out_f32_avx2(T, eb, o, C);
+    return 1;
+}
+
+/* 8 rows of softmax / log_softmax (LOG): 1 if done, 0 if the caller must do
+ * them per row (or C is not one of the compiled class counts) */
+static FX_TARGET int
+fx_sm_block8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
+                      int64_t C, int LOG)
+{
+    switch (C) {
+#define FX_SM8(n)                                                            \
+    case n:                                                                  \
+        return LOG ? fx_sm_cm8_f32_avx2(T, x, o, 1, n)                       \
+                   : fx_sm_cm8_f32_avx2(T, x, o, 0, n);
+    FX_SM8(2) FX_SM8(3) FX_SM8(4) FX_SM8(5) FX_SM8(6) FX_SM8(7) FX_SM8(8)
+    FX_SM8(9) FX_SM8(10) FX_SM8(11) FX_SM8(12) FX_SM8(13) FX_SM8(14)
+    FX_SM8(15) FX_SM8(16)
+#undef FX_SM8
+    default:
+        return 0;
+    }
 }
 
 /* 8 rows of few classes (C <= FX_SMALL_CMAX): 1 if done, 0 if the caller
@@ -938,12 +1022,14 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #define FX_FMAT FX_FMAF
 #if FX_ISA_IS_AVX2
 #define FX_SMALL8 fx_ce_block8_f32_avx2
+#define FX_SM8 fx_sm_block8_f32_avx2
 #define FX_SUMEXP_V fx_sumexp_f32v_avx2
 #endif
 #define FX_STREAMT FX_I(fx_stream_f32)
 #include "_kernels_rows.h"
 #undef FX_STREAMT
 #undef FX_SMALL8
+#undef FX_SM8
 #undef FX_SUMEXP_V
 #undef FX_T
 #undef FX_TS

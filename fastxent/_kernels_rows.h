@@ -553,12 +553,43 @@ static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
         out[i] = (x[i] - sh) - l;
 }
 
+#ifdef FX_SM8
+/* rows [r0, r1) of softmax (log_softmax with LOG) 8 at a time while C has a
+ * few-class block (FX_SM8), a block it declines per row; returns the first
+ * row left to the caller */
+static FX_TARGET int64_t FX_N(fx_sm_rows8)(const FX_T *x, FX_T *out, int64_t C,
+                                           int64_t r0, int64_t r1, int LOG)
+{
+    int64_t i = r0;
+    if (C < 2 || C > FX_CM_CMAX || r1 - r0 < 8)
+        return i;
+    fx_small_idx T;
+    fx_small_idx_init_avx2(&T, C);
+    for (; i + 8 <= r1; i += 8) {
+        if (FX_SM8(&T, x + i * C, out + i * C, C, LOG))
+            continue;
+        for (int64_t k = i; k < i + 8; k++) {
+            if (LOG)
+                FX_N(fx_log_softmax_row)(x + k * C, out + k * C, C, x + k * C);
+            else
+                FX_N(fx_softmax_row)(x + k * C, out + k * C, C, x + k * C);
+        }
+    }
+    return i;
+}
+#endif
+
 /* rows [r0, r1); with gs (a scratch row) the output rows are streamed */
 static FX_TARGET void FX_N(fx_softmax_rows)(const FX_T *x, FX_T *out,
                                             int64_t C, int64_t r0, int64_t r1,
                                             FX_T *gs)
 {
-    for (int64_t i = r0; i < r1; i++) {
+    int64_t i = r0;
+#ifdef FX_SM8
+    if (!gs)
+        i = FX_N(fx_sm_rows8)(x, out, C, r0, r1, 0);
+#endif
+    for (; i < r1; i++) {
         if (gs) {
             FX_N(fx_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
             FX_STREAMT(out + i * C, gs, C);
@@ -575,7 +606,12 @@ static FX_TARGET void FX_N(fx_log_softmax_rows)(const FX_T *x, FX_T *out,
                                                 int64_t C, int64_t r0,
                                                 int64_t r1, FX_T *gs)
 {
-    for (int64_t i = r0; i < r1; i++) {
+    int64_t i = r0;
+#ifdef FX_SM8
+    if (!gs)
+        i = FX_N(fx_sm_rows8)(x, out, C, r0, r1, 1);
+#endif
+    for (; i < r1; i++) {
         if (gs) {
             FX_N(fx_log_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
             FX_STREAMT(out + i * C, gs, C);

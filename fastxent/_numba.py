@@ -519,6 +519,9 @@ def _logsumexp_rows(X, out, r0, r1):
 
 
 def _softmax_rows(X, out, r0, r1):
+    if X.shape[1] < _FLAT_C:
+        _softmax_flat(X, out, False, r0, r1)
+        return
     inplace = X.ctypes.data == out.ctypes.data
     buf = np.empty(X.shape[1] if inplace else 0, X.dtype)  # row copy (scratch)
     for r in range(r0, r1):
@@ -536,6 +539,9 @@ def _softmax_rows(X, out, r0, r1):
 
 
 def _log_softmax_rows(X, out, r0, r1):
+    if X.shape[1] < _FLAT_C:
+        _softmax_flat(X, out, True, r0, r1)
+        return
     inplace = X.ctypes.data == out.ctypes.data
     buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
     for r in range(r0, r1):
@@ -678,6 +684,115 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
         g[y] = dy
 
 
+def _flat_in(Xb, T, shb):
+    """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
+    ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
+    tiles did it (``_tile_w``; else scalar loops).  The tiles are transposed
+    in registers; the last tile of a row (column) range overlaps the one
+    before when C (the rows) is not a multiple of W: the same values written
+    twice, no read past ``Xb``; they also take the row max (maxnum)."""
+    nr, C = Xb.shape
+    W = _tile_w(T)  # 8 (float32) or 4 (float64), a compile-time constant
+    tiled = W > 0 and C >= W and nr >= W
+    if tiled:
+        ninf = _as(T, -_INF)
+        for j in range(nr):
+            shb[j] = ninf
+        for j0 in range(0, nr, W):
+            j = min(j0, nr - W)
+            for c0 in range(0, C, W):
+                cc = min(c0, C - W)
+                _tile_tmax(Xb, j, cc, T, cc, j, shb)
+    else:
+        for j in range(nr):
+            m = Xb[j, 0]
+            T[0, j] = m
+            for c in range(1, C):
+                v = Xb[j, c]
+                T[c, j] = v
+                m = _fmax(m, v)
+            shb[j] = m
+    return tiled
+
+
+def _flat_out(T, Ob, kb, scale):
+    """``Ob[j, c] = T[c, j]``, times ``kb[j]`` with ``scale``: the block back
+    by the tiles of ``_flat_in`` (overlapping alike; only when it tiled)."""
+    nr, C = Ob.shape
+    W = _tile_w(T)
+    for j0 in range(0, nr, W):
+        j = min(j0, nr - W)
+        for c0 in range(0, C, W):
+            cc = min(c0, C - W)
+            if scale:
+                _tile_tscale(T, cc, j, Ob, j, cc, kb)
+            else:
+                _tile_t(T, cc, j, Ob, j, cc, kb)
+
+
+def _softmax_flat(X, out, log, r0, r1):
+    """``_softmax_rows`` (``_log_softmax_rows`` with ``log``) for few classes,
+    as ``_ce_int_flat``: blocks of rows transposed into a class-major scratch
+    (``_flat_in``), so that the exps, the float64 sums (in class order, as the
+    per-row loop adds a short row: the same S), ``1 / S`` or ``log S``
+    (``_log_ge1``, branch-free) and ``(x - shift) - log S`` are loops over
+    rows that LLVM vectorises; the block goes back by tiles that apply the
+    row factor (softmax).  A row with a NaN, all ``-inf`` or a ``+inf`` has no
+    ``S >= 1`` and comes out NaN, as per row.  All reads of ``X`` come before
+    the block's writes (in-place safe)."""
+    C = X.shape[1]
+    RB = min(max(8, (_FLAT_ELEMENTS // C) & -8), (r1 - r0 + 7) & -8)
+    T = np.empty((C, RB), X.dtype)  # the block, transposed: x (then e)
+    E = np.empty((C, RB), X.dtype) if log else T  # e (log_softmax keeps x)
+    fx = np.empty((2, RB), X.dtype)
+    shb = fx[0]  # row max, then the shift
+    kb = fx[1]  # 1 / S (softmax) or log S (log_softmax), NaN for a NaN row
+    sb = np.empty(RB, np.float64)  # S
+    zero = _as(T, 0.0)
+    nan = _as(T, _NAN)
+    for q0 in range(r0, r1, RB):
+        nr = min(r1, q0 + RB) - q0
+        Ob = out[q0:q0 + nr]
+        tiled = _flat_in(X[q0:q0 + nr], T, shb)
+        for j in range(nr):
+            m = shb[j]
+            shb[j] = m if np.isfinite(m) else zero
+            sb[j] = _NAN if m == _INF else 0.0  # a +inf row: NaN
+        for c in range(C):
+            for j in range(nr):
+                E[c, j] = _exp(T[c, j] - shb[j])
+        for c in range(C):
+            for j in range(nr):
+                sb[j] += np.float64(E[c, j])
+        # S >= 1, else NaN (a NaN or +inf row) or 0 (all -inf): a NaN row
+        if log:
+            for j in range(nr):
+                s = sb[j]
+                good = s >= 1.0
+                k = _as(T, _log_ge1(s if good else 1.0))
+                kb[j] = k if good else nan
+            # (x - shift) - log S: exact where |shift| dwarfs log S
+            for c in range(C):
+                for j in range(nr):
+                    T[c, j] = (T[c, j] - shb[j]) - kb[j]
+        else:
+            for j in range(nr):
+                s = sb[j]
+                k = _as(T, 1.0 / s)
+                kb[j] = k if s >= 1.0 else nan
+        if tiled:
+            _flat_out(T, Ob, kb, not log)
+        elif log:
+            for j in range(nr):
+                for c in range(C):
+                    Ob[j, c] = T[c, j]
+        else:
+            for j in range(nr):
+                k = kb[j]
+                for c in range(C):
+                    Ob[j, c] = T[c, j] * k
+
+
 def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                  gscalar, gout, loss_out, grad_out, wsum, do_grad, r0, r1):
     """``_ce_int_rows`` for few classes, no softcap: blocks of ``nr`` rows
@@ -709,7 +824,6 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     # rows per block: a multiple of the tile width, no more than the rows
     RB = min(max(8, (_FLAT_ELEMENTS // C) & -8), (r1 - r0 + 7) & -8)
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
-    W = _tile_w(T)  # 8 (float32) or 4 (float64)
     # per-row scratch, one allocation per dtype (each costs ~0.1 us, which
     # is what a call of a few rows spends)
     fx = np.empty((3, RB), X.dtype)
@@ -733,33 +847,11 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         sxb[:] = 0.0
     zero = _as(T, 0.0)
     nan = _as(T, _NAN)
-    ninf = _as(T, -_INF)
     for q0 in range(r0, r1, RB):
         nr = min(r1, q0 + RB) - q0
         Xb = X[q0:q0 + nr]
         tgt = target[q0:q0 + nr]
-        tiled = W > 0 and C >= W and nr >= W
-        if tiled:
-            # W x W tiles transposed in registers; the last tile of a row
-            # (column) range overlaps the one before when C (nr) is not a
-            # multiple of W: the same values written twice, no read past X;
-            # the tiles also take the row max (maxnum: NaN skipped)
-            for j in range(nr):
-                shb[j] = ninf
-            for j0 in range(0, nr, W):
-                j = min(j0, nr - W)
-                for c0 in range(0, C, W):
-                    cc = min(c0, C - W)
-                    _tile_tmax(Xb, j, cc, T, cc, j, shb)
-        else:
-            for j in range(nr):
-                m = Xb[j, 0]
-                T[0, j] = m
-                for c in range(1, C):
-                    v = Xb[j, c]
-                    T[c, j] = v
-                    m = _fmax(m, v)
-                shb[j] = m
+        tiled = _flat_in(Xb, T, shb)
         for j in range(nr):
             m = shb[j]
             shb[j] = m if np.isfinite(m) else zero
@@ -844,14 +936,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 for c in range(C):
                     for j in range(nr):
                         T[c, j] = T[c, j] * kb[j] - bb[j]
-            for j0 in range(0, nr, W):
-                j = min(j0, nr - W)
-                for c0 in range(0, C, W):
-                    cc = min(c0, C - W)
-                    if smooth:
-                        _tile_t(T, cc, j, Gb, j, cc, kb)
-                    else:
-                        _tile_tscale(T, cc, j, Gb, j, cc, kb)
+            _flat_out(T, Gb, kb, not smooth)
         elif not smooth:
             for j in range(nr):
                 k = kb[j]
@@ -1210,7 +1295,8 @@ _SERIAL = {
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
-    "_ce_int_rows": None, "_ce_int_flat": None,
+    "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None,
+    "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
     "_bcel_elem": _FM_ELT,

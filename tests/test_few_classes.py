@@ -3,7 +3,8 @@
 and transposed from 4, staged row blocks above 16; Numba: transposed
 blocks), a different code path from long rows.  Checked against the float64
 oracle with special rows landing inside blocks, a partial last block, every
-loss option the block path takes, per-row grad_output and in-place output."""
+loss option the block path takes, per-row grad_output and in-place output;
+softmax and log_softmax the same way (Cython's class-major blocks)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,33 @@ def test_few_classes_against_oracle(backend, C, dtype, opts):
                                               backend=backend, out=xi, **kw)
     np.testing.assert_array_equal(li, loss)
     np.testing.assert_array_equal(gi, g)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", CS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_few_classes_softmax_against_oracle(backend, C, dtype, name):
+    # Cython takes float32 rows 8 at a time up to 16 classes (class-major
+    # blocks, one vector log for log_softmax); the special rows fall back to
+    # the per-row code from inside a block
+    rng = np.random.default_rng(100 + C)
+    x, _ = _logits(C, dtype, rng)
+    f = getattr(fastxent, name)
+    got = f(x, backend=backend)
+    expected = getattr(O, name)(x)
+    expected[np.isposinf(x).any(axis=1)] = np.nan  # SPEC: a +inf row is NaN
+    if name == "softmax":
+        O.assert_grad_close(got, expected, O.grad_tol(dtype), err_msg=name)
+    else:
+        O.assert_rowloss_close(got, expected, O.loss_tol(dtype), name)
+    # in place gives the same bits; so does each row alone, within tolerance
+    xi = x.copy()
+    np.testing.assert_array_equal(f(xi, out=xi, backend=backend), got)
+    one = np.concatenate([f(x[i:i + 1], backend=backend) for i in range(x.shape[0])])
+    if name == "softmax":
+        O.assert_grad_close(one, got, O.grad_tol(dtype), err_msg=name + " row by row")
+    else:
+        O.assert_rowloss_close(one, got, O.loss_tol(dtype), name + " row by row")
 
 
 @pytest.mark.parametrize("C", [2, 300])  # the few-class and the long-row paths
