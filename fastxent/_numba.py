@@ -684,6 +684,13 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
         g[y] = dy
 
 
+def _flat_rows(C, n):
+    """Rows per transposed block for ``n`` rows of ``C`` classes: about
+    _FLAT_ELEMENTS elements, a multiple of 8 (the widest tile), no more than
+    the rows need (a small call allocates and fills no more), at least 8."""
+    return max(8, min((_FLAT_ELEMENTS // C) & -8, (n + 7) & -8))
+
+
 def _flat_in(Xb, T, shb):
     """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
     ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
@@ -741,7 +748,7 @@ def _softmax_flat(X, out, log, r0, r1):
     ``S >= 1`` and comes out NaN, as per row.  All reads of ``X`` come before
     the block's writes (in-place safe)."""
     C = X.shape[1]
-    RB = min(max(8, (_FLAT_ELEMENTS // C) & -8), (r1 - r0 + 7) & -8)
+    RB = _flat_rows(C, r1 - r0)
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x (then e)
     E = np.empty((C, RB), X.dtype) if log else T  # e (log_softmax keeps x)
     fx = np.empty((2, RB), X.dtype)
@@ -821,8 +828,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
     smooth = eps > 0.0
-    # rows per block: a multiple of the tile width, no more than the rows
-    RB = min(max(8, (_FLAT_ELEMENTS // C) & -8), (r1 - r0 + 7) & -8)
+    RB = _flat_rows(C, r1 - r0)
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
     # per-row scratch, one allocation per dtype (each costs ~0.1 us, which
     # is what a call of a few rows spends)
@@ -1295,7 +1301,7 @@ _SERIAL = {
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
-    "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None,
+    "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
     "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
