@@ -722,19 +722,30 @@ def _flat_in(Xb, T, shb):
     return tiled
 
 
-def _flat_out(T, Ob, kb, scale):
-    """``Ob[j, c] = T[c, j]``, times ``kb[j]`` with ``scale``: the block back
-    by the tiles of ``_flat_in`` (overlapping alike; only when it tiled)."""
+def _flat_out(T, Ob, kb, scale, tiled):
+    """``Ob[j, c] = T[c, j]``, times ``kb[j]`` with ``scale``: the block back,
+    by the tiles of ``_flat_in`` when it tiled (overlapping alike), else by
+    scalar loops."""
     nr, C = Ob.shape
-    W = _tile_w(T)
-    for j0 in range(0, nr, W):
-        j = min(j0, nr - W)
-        for c0 in range(0, C, W):
-            cc = min(c0, C - W)
-            if scale:
-                _tile_tscale(T, cc, j, Ob, j, cc, kb)
-            else:
-                _tile_t(T, cc, j, Ob, j, cc, kb)
+    if tiled:
+        W = _tile_w(T)
+        for j0 in range(0, nr, W):
+            j = min(j0, nr - W)
+            for c0 in range(0, C, W):
+                cc = min(c0, C - W)
+                if scale:
+                    _tile_tscale(T, cc, j, Ob, j, cc, kb)
+                else:
+                    _tile_t(T, cc, j, Ob, j, cc, kb)
+    elif scale:
+        for j in range(nr):
+            k = kb[j]
+            for c in range(C):
+                Ob[j, c] = T[c, j] * k
+    else:
+        for j in range(nr):
+            for c in range(C):
+                Ob[j, c] = T[c, j]
 
 
 def _softmax_flat(X, out, log, r0, r1):
@@ -787,17 +798,7 @@ def _softmax_flat(X, out, log, r0, r1):
                 s = sb[j]
                 k = _as(T, 1.0 / s)
                 kb[j] = k if s >= 1.0 else nan
-        if tiled:
-            _flat_out(T, Ob, kb, not log)
-        elif log:
-            for j in range(nr):
-                for c in range(C):
-                    Ob[j, c] = T[c, j]
-        else:
-            for j in range(nr):
-                k = kb[j]
-                for c in range(C):
-                    Ob[j, c] = T[c, j] * k
+        _flat_out(T, Ob, kb, not log, tiled)
 
 
 def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
@@ -930,36 +931,18 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             dy = eyb[j] * (k2 * inv) - A * (rb[j] * inv) - B * wy
             dyb[j] = dy if good else _NAN
         Gb = grad_out[q0:q0 + nr]
-        if tiled:
-            # the tiles back (overlapping as on the way in), times the row
-            # factors; with smoothing those applied first, class-major
-            if smooth and has_w:
-                for c in range(C):
-                    wc = weight[c]
-                    for j in range(nr):
-                        T[c, j] = T[c, j] * kb[j] - bb[j] * wc
-            elif smooth:
-                for c in range(C):
-                    for j in range(nr):
-                        T[c, j] = T[c, j] * kb[j] - bb[j]
-            _flat_out(T, Gb, kb, not smooth)
-        elif not smooth:
-            for j in range(nr):
-                k = kb[j]
-                for c in range(C):
-                    Gb[j, c] = T[c, j] * k
-        elif has_w:
-            for j in range(nr):
-                k = kb[j]
-                b = bb[j]
-                for c in range(C):
-                    Gb[j, c] = T[c, j] * k - b * weight[c]
-        else:
-            for j in range(nr):
-                k = kb[j]
-                b = bb[j]
-                for c in range(C):
-                    Gb[j, c] = T[c, j] * k - b
+        # the block back (times the row factors); with smoothing those
+        # applied first, class-major
+        if smooth and has_w:
+            for c in range(C):
+                wc = weight[c]
+                for j in range(nr):
+                    T[c, j] = T[c, j] * kb[j] - bb[j] * wc
+        elif smooth:
+            for c in range(C):
+                for j in range(nr):
+                    T[c, j] = T[c, j] * kb[j] - bb[j]
+        _flat_out(T, Gb, kb, not smooth, tiled)
         for j in range(nr):
             y = tb[j]
             if y >= 0:
