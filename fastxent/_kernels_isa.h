@@ -283,29 +283,100 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
     return s;
 }
 
-/* fx_sumexp for float32 rows (AVX2): the spans on either side of the target
- * y (y >= 0) in float blocks, e_y alone; returns S = R + e_y and R, the sum
- * of the e_c, c != y, from which p_y - 1 = -R / S is formed without
- * cancelling (S - e_y would lose R to the rounding of S when p_y ~ 1).
- * pf: n elements to prefetch into cache meanwhile (the next row, so that its
- * max pass finds it there; x itself when there is none). */
-static FX_TARGET double
-fx_sumexp_f32v_avx2(const float *x, float sh, float *out, int64_t n,
-                    int64_t y, const float *pf, double *rest)
+/* fx_exp_le0 on 4 lanes (the same operations, so the same results) */
+static inline __attribute__((always_inline)) FX_TARGET __m256d
+fx_v_exp_le0_avx2(__m256d x)
 {
-#define FX_SPAN(a, b) \
-    (out ? fx_sumexp_span_f32_avx2(x, sh, out, (a), (b), pf, 1) \
-         : fx_sumexp_span_f32_avx2(x, sh, out, (a), (b), pf, 0))
-    if (y < 0 || y >= n)
-        return *rest = FX_SPAN(0, n);
-    const double R = FX_SPAN(0, y) + FX_SPAN(y + 1, n);
-    const float ey = fx_expf_le0_avx2(x[y] - sh);
-    if (out)
-        out[y] = ey;
-    *rest = R;
-    return R + (double)ey;
-#undef FX_SPAN
+    const __m256d xc = _mm256_max_pd(_mm256_set1_pd(-746.0), x); /* NaN: x */
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    const __m256d t = _mm256_fmadd_pd(xc, _mm256_set1_pd(1.4426950408889634074), magic);
+    const __m256d n = _mm256_sub_pd(t, magic);
+    const __m256d s = _mm256_castsi256_pd(_mm256_add_epi64(
+        _mm256_slli_epi64(_mm256_castpd_si256(t), 52),
+        _mm256_set1_epi64x((long long)((1023ull + 64ull) << 52))));
+    __m256d r = _mm256_fmadd_pd(n, _mm256_set1_pd(-6.93145751953125E-1), xc);
+    r = _mm256_fmadd_pd(n, _mm256_set1_pd(-1.42860682030941723212E-6), r);
+    __m256d p = _mm256_set1_pd(FX_E64_C11);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C10));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C9));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C8));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C7));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C6));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C5));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C4));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C3));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C2));
+    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    return _mm256_mul_pd(_mm256_mul_pd(p, s), _mm256_set1_pd(5.42101086242752217e-20));
 }
+
+/* The float64 span: two vectors per step, two sums, the next row's line
+ * prefetched each step (the float32 span's prefetch, which the generic loop
+ * lacked: its rows came from memory in the max pass while the exps ran on
+ * cached data).  Tails one vector, then scalars. */
+static inline __attribute__((always_inline)) FX_TARGET double
+fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
+                        int64_t b, const double *pf, const int HO)
+{
+    const __m256d vs = _mm256_set1_pd(sh);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t i = a;
+    for (; i + 8 <= b; i += 8) {
+        _mm_prefetch((const char *)(pf + i), _MM_HINT_T0);
+        __m256d e0 = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
+        __m256d e1 = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vs));
+        if (HO) { /* out may be x: every element is read before it is written */
+            _mm256_storeu_pd(out + i, e0);
+            _mm256_storeu_pd(out + i + 4, e1);
+        }
+        s0 = _mm256_add_pd(s0, e0);
+        s1 = _mm256_add_pd(s1, e1);
+    }
+    for (; i + 4 <= b; i += 4) {
+        __m256d e = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
+        if (HO)
+            _mm256_storeu_pd(out + i, e);
+        s0 = _mm256_add_pd(s0, e);
+    }
+    const __m256d sv = _mm256_add_pd(s0, s1);
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(sv), _mm256_extractf128_pd(sv, 1));
+    double s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (; i < b; i++) {
+        double e = fx_exp_le0_avx2(x[i] - sh);
+        if (HO)
+            out[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+/* fx_sumexp for float32 / float64 rows (AVX2): the spans on either side of
+ * the target y (y >= 0), e_y alone; returns S = R + e_y and R, the sum of
+ * the e_c, c != y, from which p_y - 1 = -R / S is formed without cancelling
+ * (S - e_y would lose R to the rounding of S when p_y ~ 1).  pf: n elements
+ * to prefetch into cache meanwhile (the next row, so that its max pass finds
+ * it there; x itself when there is none). */
+#define FX_SUMEXP_VDEF(NAME, T, SPAN, EXP1)                                  \
+    static FX_TARGET double NAME(const T *x, T sh, T *out, int64_t n,         \
+                                 int64_t y, const T *pf, double *rest)        \
+    {                                                                         \
+        if (y < 0 || y >= n)                                                  \
+            return *rest = out ? SPAN(x, sh, out, 0, n, pf, 1)                \
+                               : SPAN(x, sh, out, 0, n, pf, 0);               \
+        const double R = out ? SPAN(x, sh, out, 0, y, pf, 1)                  \
+                                   + SPAN(x, sh, out, y + 1, n, pf, 1)        \
+                             : SPAN(x, sh, out, 0, y, pf, 0)                  \
+                                   + SPAN(x, sh, out, y + 1, n, pf, 0);       \
+        const T ey = EXP1(x[y] - sh);                                         \
+        if (out)                                                              \
+            out[y] = ey;                                                      \
+        *rest = R;                                                            \
+        return R + (double)ey;                                                \
+    }
+FX_SUMEXP_VDEF(fx_sumexp_f32v_avx2, float, fx_sumexp_span_f32_avx2, fx_expf_le0_avx2)
+FX_SUMEXP_VDEF(fx_sumexp_f64v_avx2, double, fx_sumexp_span_f64_avx2, fx_exp_le0_avx2)
+#undef FX_SUMEXP_VDEF
 
 /* log(s) for finite 1 <= s < 2**1000 (the float64 sums of few-class float32
  * rows): s = 2**k m, m in [sqrt(1/2), sqrt(2)), f = m - 1, log m = 2
@@ -1042,7 +1113,11 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #define FX_EXPT FX_I(fx_exp_le0)
 #define FX_FMAT FX_FMA
 #define FX_STREAMT FX_I(fx_stream_f64)
+#if FX_ISA_IS_AVX2
+#define FX_SUMEXP_V fx_sumexp_f64v_avx2
+#endif
 #include "_kernels_rows.h"
+#undef FX_SUMEXP_V
 #undef FX_STREAMT
 #undef FX_T
 #undef FX_TS
