@@ -22,8 +22,9 @@ Design
   shuffled in registers (``_tile_t``, an LLVM IR intrinsic, as the Cython
   kernel), which also take the row max on the way in and apply the row
   factor on the way out; below one vector of classes, scalar loops.  ``log
-  S`` is the branch-free ``_log_ge1`` (libm's log is a scalar call, ~20 ns a
-  row).
+  S`` is branch-free (libm's log is a scalar call, ~20 ns a row):
+  ``_log_sum`` takes ``_log_ge1`` (fdlibm's form) for float64 rows and the
+  shorter ``_log_ge1_f32`` for float32 ones.
 * Hot loops index arrays with the loop variable of ``range(n)``: loops over
   ``range(b0, b1)`` or with ``b0 + c`` indices did not vectorise (measured
   4-8x slower). Everything is compiled with ``error_model="numpy"``: with
@@ -780,7 +781,7 @@ def _softmax_flat(X, out, log, r0, r1):
     as ``_ce_int_flat``: blocks of rows transposed into a class-major scratch
     (``_flat_in``), so that the exps, the float64 sums (in class order, as the
     per-row loop adds a short row: the same S), ``1 / S`` or ``log S``
-    (``_log_ge1``, branch-free) and ``(x - shift) - log S`` are loops over
+    (``_log_sum``, branch-free) and ``(x - shift) - log S`` are loops over
     rows that LLVM vectorises; the block goes back by tiles that apply the
     row factor (softmax).  A row with a NaN, all ``-inf`` or a ``+inf`` has no
     ``S >= 1`` and comes out NaN, as per row.  All reads of ``X`` come before
@@ -835,7 +836,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     per-row step is a loop over the block's rows that LLVM vectorises (a
     loop over a row's few classes is too short for a vector, and Numba runs
     no SLP vectoriser): row maxima, ``e = exp(x - shift)`` in place, ``R =
-    sum_{c != y} e_c`` in float64, ``log S`` (``_log_ge1``), the loss and
+    sum_{c != y} e_c`` in float64, ``log S`` (``_log_sum``), the loss and
     pass-3 coefficients per row, then the gradient rows written back from
     ``T``.  All reads of ``X`` come before the block's writes (in-place safe);
     the loss-only call runs the same steps (equal losses, bit for bit).
