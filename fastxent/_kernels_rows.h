@@ -553,12 +553,22 @@ static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
         out[i] = (x[i] - sh) - l;
 }
 
+/* one row of softmax, or of log_softmax with LOG (a compile-time flag) */
+FX_INL void FX_N(fx_sm_row)(const FX_T *x, FX_T *out, int64_t C,
+                            const FX_T *pf, const int LOG)
+{
+    if (LOG)
+        FX_N(fx_log_softmax_row)(x, out, C, pf);
+    else
+        FX_N(fx_softmax_row)(x, out, C, pf);
+}
+
 #ifdef FX_SM8
 /* rows [r0, r1) of softmax (log_softmax with LOG) 8 at a time while C has a
  * few-class block (FX_SM8), a block it declines per row; returns the first
  * row left to the caller */
-static FX_TARGET int64_t FX_N(fx_sm_rows8)(const FX_T *x, FX_T *out, int64_t C,
-                                           int64_t r0, int64_t r1, int LOG)
+FX_INL int64_t FX_N(fx_sm_rows8)(const FX_T *x, FX_T *out, int64_t C,
+                                 int64_t r0, int64_t r1, const int LOG)
 {
     int64_t i = r0;
     if (C < 2 || C > FX_CM_CMAX || r1 - r0 < 8)
@@ -568,60 +578,47 @@ static FX_TARGET int64_t FX_N(fx_sm_rows8)(const FX_T *x, FX_T *out, int64_t C,
     for (; i + 8 <= r1; i += 8) {
         if (FX_SM8(&T, x + i * C, out + i * C, C, LOG))
             continue;
-        for (int64_t k = i; k < i + 8; k++) {
-            if (LOG)
-                FX_N(fx_log_softmax_row)(x + k * C, out + k * C, C, x + k * C);
-            else
-                FX_N(fx_softmax_row)(x + k * C, out + k * C, C, x + k * C);
-        }
+        for (int64_t k = i; k < i + 8; k++)
+            FX_N(fx_sm_row)(x + k * C, out + k * C, C, x + k * C, LOG);
     }
     return i;
 }
 #endif
 
-/* rows [r0, r1); with gs (a scratch row) the output rows are streamed */
-static FX_TARGET void FX_N(fx_softmax_rows)(const FX_T *x, FX_T *out,
-                                            int64_t C, int64_t r0, int64_t r1,
-                                            FX_T *gs)
+/* rows [r0, r1) of softmax (log_softmax with LOG); with gs (a scratch row)
+ * the output rows are streamed */
+FX_INL void FX_N(fx_sm_rows)(const FX_T *x, FX_T *out, int64_t C, int64_t r0,
+                             int64_t r1, FX_T *gs, const int LOG)
 {
     int64_t i = r0;
 #ifdef FX_SM8
     if (!gs)
-        i = FX_N(fx_sm_rows8)(x, out, C, r0, r1, 0);
+        i = FX_N(fx_sm_rows8)(x, out, C, r0, r1, LOG);
 #endif
     for (; i < r1; i++) {
         if (gs) {
-            FX_N(fx_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
+            FX_N(fx_sm_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C), LOG);
             FX_STREAMT(out + i * C, gs, C);
         } else {
-            FX_N(fx_softmax_row)(x + i * C, out + i * C, C,
-                                   FX_NEXT_ROW(x, i, r1, C));
+            FX_N(fx_sm_row)(x + i * C, out + i * C, C, FX_NEXT_ROW(x, i, r1, C), LOG);
         }
     }
     if (gs)
         fx_sfence();
+}
+
+static FX_TARGET void FX_N(fx_softmax_rows)(const FX_T *x, FX_T *out,
+                                            int64_t C, int64_t r0, int64_t r1,
+                                            FX_T *gs)
+{
+    FX_N(fx_sm_rows)(x, out, C, r0, r1, gs, 0);
 }
 
 static FX_TARGET void FX_N(fx_log_softmax_rows)(const FX_T *x, FX_T *out,
                                                 int64_t C, int64_t r0,
                                                 int64_t r1, FX_T *gs)
 {
-    int64_t i = r0;
-#ifdef FX_SM8
-    if (!gs)
-        i = FX_N(fx_sm_rows8)(x, out, C, r0, r1, 1);
-#endif
-    for (; i < r1; i++) {
-        if (gs) {
-            FX_N(fx_log_softmax_row)(x + i * C, gs, C, FX_NEXT_ROW(x, i, r1, C));
-            FX_STREAMT(out + i * C, gs, C);
-        } else {
-            FX_N(fx_log_softmax_row)(x + i * C, out + i * C, C,
-                                   FX_NEXT_ROW(x, i, r1, C));
-        }
-    }
-    if (gs)
-        fx_sfence();
+    FX_N(fx_sm_rows)(x, out, C, r0, r1, gs, 1);
 }
 
 /* ------------------------------------------------ binary cross-entropy */
