@@ -159,18 +159,7 @@ def threads_for(backend: str, work: int) -> int:
 
 
 def call(name: str, backend: str, *args, work: int) -> None:
-    """Run kernel ``name`` of ``backend`` with the thread count ``work`` deserves.
-
-    Numba compiles a separate specialisation, seconds long and not always
-    bit-identical, for read-only arrays: it gets writeable copies instead.
-    """
-    if backend == "numba":
-        nd = np.ndarray
-        for a in args:
-            if type(a) is nd and not a.flags.writeable:
-                args = [b if type(b) is not nd or b.flags.writeable else np.array(b)
-                        for b in args]
-                break
+    """Run kernel ``name`` of ``backend`` with the thread count ``work`` deserves."""
     getattr(_loaded[backend], name)(*args, threads_for(backend, work))
 
 

@@ -48,16 +48,17 @@ Design
 * Softcap keeps ``xs = s * tanh(x / s)`` in a per-thread float64 scratch row
   (allocated once per chunk): later passes need both ``xs`` and ``e``, and a
   float32 ``xs`` would already cost ~1e-6 of loss accuracy at ``s = 30``.
-* Numba itself is imported, and the kernels wrapped in ``njit``, on the first
-  call (``_ensure``): importing this module costs only ``numpy``. Each
-  signature compiles once and is cached on disk (``cache=True``).
+* Numba is imported, and the kernels wrapped in ``njit`` (``_ensure``, ~25 ms
+  after Numba's own ~0.5 s import), when this module is: ``fastxent`` imports
+  it only once the Numba backend is used or reported, and the per-call
+  wrappers need no "wrapped yet?" check. Each signature compiles on its
+  first call, once, and is cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 
 import numpy as np
 
@@ -82,9 +83,6 @@ _FM_RED = frozenset({"reassoc", "nsz", "arcp", "contract"})
 #: ``_FLAT_ELEMENTS`` elements, transposed (see ``_ce_int_flat``).
 _FLAT_C = 64
 _FLAT_ELEMENTS = 2048
-
-#: Minimum elements of work per thread chunk; smaller calls run serially.
-_MIN_CHUNK_ELEMENTS = 1 << 15
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
 _scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _get_thread_id = None
@@ -1323,18 +1321,15 @@ _PARALLEL = (
     "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
 )
 
-_lock = threading.Lock()
 _nb = None  # the numba module once _ensure has run
 
 
 def _ensure():
-    """Import Numba and wrap the kernels in ``njit`` (once; compiles nothing)."""
+    """Import Numba and wrap the kernels in ``njit`` (compiles nothing); run
+    once, at the end of this module's import."""
     global _nb
-    if _nb is not None:
-        return _nb
-    with _lock:
-        if _nb is None:
-            _nb = _jit_all()
+    if _nb is None:
+        _nb = _jit_all()
     return _nb
 
 
@@ -1576,92 +1571,120 @@ def _jit_all():
     return numba
 
 
-def _nchunks(nb, n, nthreads):
-    """Chunks (= threads) for ``n`` rows or blocks; sets Numba's thread count."""
-    if nthreads <= 1 or n <= 1:
-        return 1
-    k = min(int(nthreads), nb.config.NUMBA_NUM_THREADS, n)
+def _nchunks(n, nthreads):
+    """Chunks (= threads) for ``n`` rows or blocks, ``nthreads > 1`` asked
+    (the wrappers take 1 without calling); sets Numba's thread count."""
+    k = min(int(nthreads), _nb.config.NUMBA_NUM_THREADS, n)
     if k > 1:
-        nb.set_num_threads(k)  # thread-local in Numba
+        _nb.set_num_threads(k)  # thread-local in Numba
     return max(k, 1)
 
 
 _EMPTY_F64 = np.empty(0, np.float64)
 
 
+def _writeable(*arrays):
+    """The arrays, read-only ones copied: Numba would compile a separate
+    specialisation for a read-only array (seconds long, and not always bit
+    for bit the same code)."""
+    return tuple(a if a.flags.writeable else np.array(a) for a in arrays)
+
+
 # ========================================================== public kernels
+#
+# Thin: a call of a few rows spends most of its time in Python (these
+# wrappers' lines are measurable against the kernel's ~0.5 us), so each one
+# tests its input arrays' flags inline (read-only ones copied by
+# ``_writeable``) and passes its scalars as they come: the public layer
+# gives Python floats and ints (tests/test_kernel_boundary.py checks it;
+# another type would compile, and compute in, another specialisation).
 
 
 def logsumexp(X, out, nthreads=1):
     """``out[n] = log(sum_c exp(X[n, c]))``."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _logsumexp_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+    if not X.flags.writeable:
+        (X,) = _writeable(X)
+    _logsumexp_par(X, out, 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def softmax(X, out, nthreads=1):
     """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _softmax_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+    if not X.flags.writeable:
+        (X,) = _writeable(X)
+    _softmax_par(X, out, 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def log_softmax(X, out, nthreads=1):
     """``out[n, c] = X[n, c] - logsumexp(X[n])``; non-finite lse -> NaN row."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _log_softmax_par(X, out, _nchunks(nb, X.shape[0], nthreads))
+    if not X.flags.writeable:
+        (X,) = _writeable(X)
+    _log_softmax_par(X, out, 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
             ce_scale, z_scale, loss_out, nthreads=1):
     """Per-row cross-entropy with integer targets (see ``_reference``)."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _ce_int_par(X, target, weight, int(ignore_index), float(eps), float(z),
-                float(softcap), float(ce_scale), float(z_scale), 0.0,
-                _EMPTY_F64, loss_out, np.empty((0, X.shape[1]), X.dtype),
-                False, _nchunks(nb, X.shape[0], nthreads))
+    if not (X.flags.writeable and target.flags.writeable
+            and weight.flags.writeable):
+        X, target, weight = _writeable(X, target, weight)
+    _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+                z_scale, 0.0, _EMPTY_F64, loss_out,
+                np.empty((0, X.shape[1]), X.dtype), False,
+                1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
                  ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
                  nthreads=1):
     """Per-row cross-entropy with integer targets and its gradient."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _ce_int_par(X, target, weight, int(ignore_index), float(eps), float(z),
-                float(softcap), float(ce_scale), float(z_scale),
-                float(gscalar), gout, loss_out, grad_out, True,
-                _nchunks(nb, X.shape[0], nthreads))
+    if not (X.flags.writeable and target.flags.writeable
+            and weight.flags.writeable and gout.flags.writeable):
+        X, target, weight, gout = _writeable(X, target, weight, gout)
+    _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+                z_scale, gscalar, gout, loss_out, grad_out, True,
+                1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
                  loss_out, nthreads=1):
     """Per-row cross-entropy with probability targets."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _ce_soft_par(X, P, weight, float(eps), float(z), float(softcap),
-                 float(ce_scale), float(z_scale), 0.0, _EMPTY_F64, loss_out,
-                 np.empty((0, X.shape[1]), X.dtype), False,
-                 _nchunks(nb, X.shape[0], nthreads))
+    if not (X.flags.writeable and P.flags.writeable and weight.flags.writeable):
+        X, P, weight = _writeable(X, P, weight)
+    _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, 0.0,
+                 _EMPTY_F64, loss_out, np.empty((0, X.shape[1]), X.dtype),
+                 False, 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
                       gscalar, gout, loss_out, grad_out, nthreads=1):
     """Per-row cross-entropy with probability targets and its gradient."""
-    if X.shape[0] == 0:
+    R = X.shape[0]
+    if R == 0:
         return
-    nb = _ensure()
-    _ce_soft_par(X, P, weight, float(eps), float(z), float(softcap),
-                 float(ce_scale), float(z_scale), float(gscalar), gout,
-                 loss_out, grad_out, True, _nchunks(nb, X.shape[0], nthreads))
+    if not (X.flags.writeable and P.flags.writeable
+            and weight.flags.writeable and gout.flags.writeable):
+        X, P, weight, gout = _writeable(X, P, weight, gout)
+    _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
+                 gout, loss_out, grad_out, True,
+                 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def _blocks(n):
@@ -1672,10 +1695,11 @@ def bce_loss(P, Y, W, scale, loss_out, partial, nthreads=1):
     """``l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))``."""
     if P.shape[0] == 0:
         return
-    nb = _ensure()
-    _bce_prob_par(P, Y, W, float(scale), 0.0, _EMPTY_F64, loss_out, partial,
+    if not (P.flags.writeable and Y.flags.writeable and W.flags.writeable):
+        P, Y, W = _writeable(P, Y, W)
+    _bce_prob_par(P, Y, W, scale, 0.0, _EMPTY_F64, loss_out, partial,
                   np.empty(0, P.dtype), False,
-                  _nchunks(nb, _blocks(P.shape[0]), nthreads))
+                  1 if nthreads <= 1 else _nchunks(_blocks(P.shape[0]), nthreads))
 
 
 def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
@@ -1683,20 +1707,24 @@ def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
     """Binary cross-entropy on probabilities and its (PyTorch) gradient."""
     if P.shape[0] == 0:
         return
-    nb = _ensure()
-    _bce_prob_par(P, Y, W, float(scale), float(gscalar), gout, loss_out,
-                  partial, grad_out, True,
-                  _nchunks(nb, _blocks(P.shape[0]), nthreads))
+    if not (P.flags.writeable and Y.flags.writeable and W.flags.writeable
+            and gout.flags.writeable):
+        P, Y, W, gout = _writeable(P, Y, W, gout)
+    _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
+                  True,
+                  1 if nthreads <= 1 else _nchunks(_blocks(P.shape[0]), nthreads))
 
 
 def bce_logits_loss(X, Y, W, PW, scale, loss_out, partial, nthreads=1):
     """Binary cross-entropy on logits, ``pos_weight`` along the last axis."""
     if X.shape[0] == 0:
         return
-    nb = _ensure()
-    _bce_logits_par(X, Y, W, PW, float(scale), 0.0, _EMPTY_F64, loss_out,
-                    partial, np.empty(0, X.dtype), False,
-                    _nchunks(nb, _blocks(X.shape[0]), nthreads))
+    if not (X.flags.writeable and Y.flags.writeable and W.flags.writeable
+            and PW.flags.writeable):
+        X, Y, W, PW = _writeable(X, Y, W, PW)
+    _bce_logits_par(X, Y, W, PW, scale, 0.0, _EMPTY_F64, loss_out, partial,
+                    np.empty(0, X.dtype), False,
+                    1 if nthreads <= 1 else _nchunks(_blocks(X.shape[0]), nthreads))
 
 
 def bce_logits_loss_grad(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
@@ -1704,10 +1732,12 @@ def bce_logits_loss_grad(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
     """Binary cross-entropy on logits and its gradient."""
     if X.shape[0] == 0:
         return
-    nb = _ensure()
-    _bce_logits_par(X, Y, W, PW, float(scale), float(gscalar), gout,
-                    loss_out, partial, grad_out, True,
-                    _nchunks(nb, _blocks(X.shape[0]), nthreads))
+    if not (X.flags.writeable and Y.flags.writeable and W.flags.writeable
+            and PW.flags.writeable and gout.flags.writeable):
+        X, Y, W, PW, gout = _writeable(X, Y, W, PW, gout)
+    _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
+                    grad_out, True,
+                    1 if nthreads <= 1 else _nchunks(_blocks(X.shape[0]), nthreads))
 
 
 def threads_seen(nthreads):
@@ -1717,3 +1747,6 @@ def threads_seen(nthreads):
     n = max(1, min(int(nthreads), nb.config.NUMBA_NUM_THREADS))
     nb.set_num_threads(n)
     return int(_threads_seen_par(n, nb.config.NUMBA_NUM_THREADS + 1))
+
+
+_ensure()  # the wrappers above call the njit-wrapped kernels

@@ -179,3 +179,57 @@ def test_set_get_num_threads():
         fastxent.set_num_threads(0)
     with pytest.raises((TypeError, ValueError)):
         fastxent.set_num_threads(1.5)
+
+
+def test_public_layer_passes_kernels_python_scalars(monkeypatch):
+    # The Numba wrappers pass scalars to the jitted kernels as they come (a
+    # float conversion apiece is measurable in a call of a few rows), so the
+    # public layer must hand every kernel Python floats and ints: an int, a
+    # bool or a NumPy scalar where a float goes would compile another
+    # specialisation (a float32 one would compute in float32).  Inputs are
+    # given as NumPy scalars and ints on purpose.
+    import inspect
+
+    from fastxent import _reference
+
+    seen = []
+    real = fastxent._dispatch.call
+    fastxent._dispatch.resolve("numpy")
+
+    def spy(name, backend, *args, work):
+        params = inspect.signature(getattr(_reference, name)).parameters
+        seen.append((name, {p: type(a) for p, a in zip(params, args)
+                            if not (isinstance(a, np.ndarray) and a.ndim)}))
+        return real(name, "numpy", *args, work=work)
+
+    monkeypatch.setattr(fastxent._dispatch, "call", spy)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    t = np.array([0, 4, 2, -100], np.int32)
+    p = rng.random((4, 5)).astype(np.float32)
+    y = (rng.random((4, 5)) > 0.5).astype(np.float32)
+    f32 = np.float32
+    fastxent.softmax(x)
+    fastxent.log_softmax(x)
+    fastxent.logsumexp(x)
+    for reduction, go, gob in (("mean", f32(2), 2), ("sum", 3, f32(0.5)),
+                               ("none", np.ones(4, f32), np.ones((4, 5)))):
+        fastxent.cross_entropy(x, t, weight=np.ones(5, f32), ignore_index=np.int64(-100),
+                               label_smoothing=f32(0.1), z_loss=1, softcap=np.float64(30),
+                               reduction=reduction)
+        fastxent.cross_entropy_with_grad(x, t, label_smoothing=0, z_loss=f32(0.01),
+                                         softcap=5, reduction=reduction, grad_output=go)
+        fastxent.cross_entropy_with_grad(x, p, weight=np.arange(5), label_smoothing=f32(0.2),
+                                         reduction=reduction, grad_output=go)
+        fastxent.cross_entropy(x, p, z_loss=f32(1), reduction=reduction)
+        fastxent.binary_cross_entropy(p, y, weight=f32(2), reduction=reduction)
+        fastxent.binary_cross_entropy_with_grad(p, y, reduction=reduction, grad_output=gob)
+        fastxent.binary_cross_entropy_with_logits(x, y, pos_weight=np.ones(5, f32),
+                                                  reduction=reduction)
+        fastxent.binary_cross_entropy_with_logits_with_grad(x, y, weight=2, reduction=reduction,
+                                                            grad_output=gob)
+    assert {name for name, _ in seen} == set(fastxent._dispatch.KERNELS)
+    assert all(types for name, types in seen if name.startswith(("ce_", "bce_")))
+    for name, types in seen:
+        assert all(ty is (int if p == "ignore_index" else float)
+                             for p, ty in types.items()), (name, types)
