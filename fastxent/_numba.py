@@ -1103,13 +1103,12 @@ def _log1p01(e):
     raise NotImplementedError
 
 
-def _bcel_elem(x, y, cpos, one, zero):
+def _bcel_elem(x, y, cpos, e, one, zero):
     """One element of binary cross-entropy on logits: the loss ``cpos
     softplus(-x) + (1 - y) softplus(x)`` and its derivative ``(1 - y)
     sigmoid(x) - cpos sigmoid(-x)``, both from one ``e = exp(-|x|)`` (no
     overflow); a term with a zero coefficient is exactly 0, even at x = +-inf."""
     cneg = one - y
-    e = _exp(-abs(x))
     u = one + e
     inv = one / u
     lg = _log1p01(e)
@@ -1149,6 +1148,7 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
     sc = _as(X, scale)
     gsc = _as(X, scale if has_g else gscalar * scale)  # gout[i] applied below
     lb = np.empty(BCE_BLOCK, X.dtype)  # scaled losses of a block
+    eb = np.empty(BCE_BLOCK, X.dtype)  # exp(-|x|) of a block
     # pos_weight[i % L] of a block (all ones without pos_weight); ones for a
     # missing weight; a scratch gradient for the loss alone: the element loop
     # loads and stores unconditionally (conditional ones, or a gradient row
@@ -1171,19 +1171,24 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
                 j += 1
                 if j == L:
                     j = 0
+        # the exps in a loop of their own (as the Cython kernel): 23-29% less
+        # time than inside the element loop (16M float32 elements, 1 thread;
+        # sub-blocks of 1024 for an L1-sized eb measured slower)
+        for k in range(m):
+            eb[k] = _exp(-abs(xb[k]))
         if has_w or has_pw:
             for k in range(m):
                 x = xb[k]
                 w = _as(x, wb[k])
                 y = _as(x, yb[k])
-                l, d = _bcel_elem(x, y, _as(x, cb[k]) * y, one, zero)
+                l, d = _bcel_elem(x, y, _as(x, cb[k]) * y, eb[k], one, zero)
                 lb[k] = sc * (w * l)
                 gb[k] = gsc * (w * d)
         else:  # the same values (w = pw = 1 multiply exactly), less work
             for k in range(m):
                 x = xb[k]
                 y = _as(x, yb[k])
-                l, d = _bcel_elem(x, y, y, one, zero)
+                l, d = _bcel_elem(x, y, y, eb[k], one, zero)
                 lb[k] = sc * l
                 gb[k] = gsc * d
         if do_grad and has_g:
