@@ -17,7 +17,6 @@ import os
 import threading
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
 
 #: Kernel names shared by every backend module (see ``_reference.py``).
 KERNELS = (

@@ -1598,7 +1598,7 @@ def _writeable(*arrays):
 # wrappers' lines are measurable against the kernel's ~0.5 us), so each one
 # tests its input arrays' flags inline (read-only ones copied by
 # ``_writeable``) and passes its scalars as they come: the public layer
-# gives Python floats and ints (tests/test_kernel_boundary.py checks it;
+# gives Python floats and ints (tests/test_backends.py checks it;
 # another type would compile, and compute in, another specialisation).
 
 

@@ -232,4 +232,4 @@ def test_public_layer_passes_kernels_python_scalars(monkeypatch):
     assert all(types for name, types in seen if name.startswith(("ce_", "bce_")))
     for name, types in seen:
         assert all(ty is (int if p == "ignore_index" else float)
-                             for p, ty in types.items()), (name, types)
+                   for p, ty in types.items()), (name, types)
