@@ -219,17 +219,25 @@ def _exp64(x):
     return _scale2n_f64(p, t)
 
 
-def _log_ge1(s):
-    """``log(s)`` for finite float64 ``s >= 1`` (a row's sum of ``exp(x -
-    max)``), branch-free so a loop over a block of sums vectorises (libm's
-    log is a scalar call, ~20 ns); ``log(1) = 0`` exactly; under 1 ULP
-    (tests/test_exp.py).  Other ``s`` give garbage: callers check first."""
+def _log_split(s):
+    """``(k, m)`` with ``s = 2**k m``, ``m`` in ``[sqrt(1/2), sqrt(2))``, both
+    float64 and exact, for finite ``s >= 1``: the range reduction of
+    ``_log_ge1`` and ``_log_ge1_f32``, branch-free."""
     b = _f64_bits(s)
     big = (b & _L64_MANT) > 0x6A09E667F3BCD  # mantissa of sqrt(2) (m > sqrt 2)
     ex = (b >> 52) - (1022 if big else 1023)
     m = _bits_f64((b & _L64_MANT) | _L64_ONE)
     m = m * 0.5 if big else m
     k = _bits_f64(ex + _L64_KMAGIC) - _L64_TWO52  # exact for 0 <= ex < 2**52
+    return k, m
+
+
+def _log_ge1(s):
+    """``log(s)`` for finite float64 ``s >= 1`` (a row's sum of ``exp(x -
+    max)``), branch-free so a loop over a block of sums vectorises (libm's
+    log is a scalar call, ~20 ns); ``log(1) = 0`` exactly; under 1 ULP
+    (tests/test_exp.py).  Other ``s`` give garbage: callers check first."""
+    k, m = _log_split(s)
     f = m - 1.0
     hfsq = 0.5 * f * f
     q = f / (2.0 + f)
@@ -246,12 +254,7 @@ def _log_ge1_f32(s):
     by its series to ``q**11`` (Estrin), 1.8e-11 absolute at most against
     the float32 loss's 1e-6 (SPEC): four multiply-adds where fdlibm's form
     takes eleven."""
-    b = _f64_bits(s)
-    big = (b & _L64_MANT) > 0x6A09E667F3BCD
-    ex = (b >> 52) - (1022 if big else 1023)
-    m = _bits_f64((b & _L64_MANT) | _L64_ONE)
-    m = m * 0.5 if big else m
-    k = _bits_f64(ex + _L64_KMAGIC) - _L64_TWO52
+    k, m = _log_split(s)
     q = (m - 1.0) / (m + 1.0)
     z = q * q
     z2 = z * z
@@ -1300,7 +1303,7 @@ def _threads_seen_par(n, nslots):
 # name -> fastmath flags (None: none) of the serial helpers
 _SERIAL = {
     "_exp32": _FM_EXP, "_exp64": _FM_EXP, "_log1p32": _FM_EXP,
-    "_log_ge1": _FM_ELT, "_log_ge1_f32": _FM_ELT,
+    "_log_split": _FM_ELT, "_log_ge1": _FM_ELT, "_log_ge1_f32": _FM_ELT,
     "_row_max": None, "_next_row": None, "_ce_row_loss": None,
     "_ce_row_coefs": None, "_row_below_sum": _FM_RED, "_row_below_wsum": _FM_RED,
     "_row_expstore": _FM_ELT, "_row_expstore_inplace": _FM_ELT,
