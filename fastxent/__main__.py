@@ -69,7 +69,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_bench.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     p_bench.add_argument("--out", default="fastxent-bench", help="report folder (default: %(default)s)")
     p_bench.add_argument("--repeats", type=int, default=None,
-                         help="samples per case (default 7, quick 5); the median is reported")
+                         help="rounds per row in each pass (default 2, quick 5); the median "
+                              "over all passes' samples is reported")
+    p_bench.add_argument("--passes", type=int, default=None,
+                         help="passes over the whole suite (default 5, quick 1): a row's "
+                              "samples then come from moments minutes apart")
     p_bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
     p_bench.add_argument("--backend", action="append", choices=["cython", "numba", "numpy"],
                          help="only these fastxent backends (repeatable)")
@@ -80,9 +84,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "bench":
         from . import _bench
 
-        reps = args.repeats or (5 if args.quick else 7)
+        reps = args.repeats or (5 if args.quick else 2)
+        passes = args.passes or (1 if args.quick else 5)
         data = _bench.run_all(args.quick, reps, progress=_bench.progress_bar,
-                              backends=args.backend, peers=not args.no_peers)
+                              backends=args.backend, peers=not args.no_peers,
+                              passes=passes)
         paths = _bench.write_report(data, args.out)
         with open(paths["md"]) as f:
             print(f.read())

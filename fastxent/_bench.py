@@ -139,7 +139,7 @@ def _fastxent_setup(kernel, shape, dtype, backend):
 
 def _memcpy_setup(shape, dtype):
     def setup():
-        src = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        src = np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(dtype)
         dst = np.empty_like(src)
         np.copyto(dst, src)  # touch the pages first
         return lambda: np.copyto(dst, src)
@@ -320,57 +320,74 @@ def _groups(cs: List[Case]) -> List[List[Case]]:
     return out
 
 
-def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True) -> dict:
+def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
+            passes: int = 1) -> dict:
     """Time every case, the cases of one (kernel, shape, dtype) round-robin.
 
     Each round takes one sample of every case of the group in turn, the memcpy
     first, so a case's ratio to memcpy can be taken per round (``_derive``):
     on a shared machine whose speed drifts over seconds, a memcpy timed a
-    moment before is a fairer floor than one timed a minute earlier. The
-    NumPy path and the peers (slow) take part in the first
-    ``max(3, repeats // 3)`` rounds only.
+    moment before is a fairer floor than one timed a minute earlier.
+
+    With ``passes`` > 1 the whole suite runs that many times, ``repeats``
+    rounds of each group per pass (rounds numbered across passes), and a
+    case's median is over all its samples: a row's samples then come from
+    moments minutes apart, so that a slow stretch of the machine shorter than
+    about half the run moves a minority of them, instead of every sample of
+    the rows timed during it. The NumPy path and the peers (slow, and there
+    for the speed-ups, not the targets) take part in the first ``max(3,
+    repeats // 3)`` rounds of the first pass only.
     """
     cs = cases(quick=quick, peers=peers, backends=backends)
-    results = []
-    done = 0
-    for group in _groups(cs):
-        runs, recs = [], []
-        for case in group:
-            if progress:
-                progress(done, len(cs), case.id)
-            done += 1
-            rec = {"kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
-                   "runner": case.runner, "samples_s": [], "rounds": [],
-                   "median_s": None, "error": None}
-            try:
-                run = case.setup()
-                check_dispatch(case, run)
-                inner = calibrate(run)
-            except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the report
+    passes = max(1, int(passes))
+    slow_reps = max(3, repeats // 3)
+    recs = {case.id: {"kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
+                      "runner": case.runner, "samples_s": [], "rounds": [],
+                      "median_s": None, "error": None} for case in cs}
+    done, total = 0, len(cs) * passes
+    for p in range(passes):
+        for group in _groups(cs):
+            runs = []
+            for case in group:
+                if progress:
+                    progress(done, total, ("pass %d/%d " % (p + 1, passes) if passes > 1
+                                           else "") + case.id)
+                done += 1
+                rec = recs[case.id]
+                slow = case.runner in ("numpy",) + PEERS
+                reps = (slow_reps if p == 0 else 0) if slow else repeats
                 run, inner = None, 0
-                rec["error"] = "%s: %s" % (type(exc).__name__, exc)
-            slow = case.runner in ("numpy",) + PEERS
-            runs.append((run, inner, max(3, repeats // 3) if slow else repeats))
-            recs.append(rec)
-        for k in range(repeats):
-            for (run, inner, reps), rec in zip(runs, recs):
-                if run is None or k >= reps:
-                    continue
-                try:
-                    rec["samples_s"].append(sample(run, inner))
-                    rec["rounds"].append(k)
-                except Exception as exc:  # noqa: BLE001
-                    rec["error"] = "%s: %s" % (type(exc).__name__, exc)
-        for rec in recs:
-            if rec["error"]:
-                rec["samples_s"], rec["rounds"] = [], []
-            elif rec["samples_s"]:
-                rec["median_s"] = statistics.median(rec["samples_s"])
-        results.extend(recs)
-        runs = None
+                if rec["error"] is None and reps > 0:
+                    try:
+                        run = case.setup()
+                        check_dispatch(case, run)
+                        inner = calibrate(run)
+                    except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the report
+                        run = None
+                        rec["error"] = "%s: %s" % (type(exc).__name__, exc)
+                runs.append((run, inner, reps, rec))
+            for k in range(repeats):
+                for run, inner, reps, rec in runs:
+                    if run is None or k >= reps:
+                        continue
+                    try:
+                        rec["samples_s"].append(sample(run, inner))
+                        rec["rounds"].append(p * repeats + k)
+                    except Exception as exc:  # noqa: BLE001
+                        rec["error"] = "%s: %s" % (type(exc).__name__, exc)
+            runs = None  # free this group's arrays before the next group's
+    results = []
+    for case in cs:
+        rec = recs[case.id]
+        if rec["error"]:
+            rec["samples_s"], rec["rounds"] = [], []
+        elif rec["samples_s"]:
+            rec["median_s"] = statistics.median(rec["samples_s"])
+        results.append(rec)
     if progress:
-        progress(len(cs), len(cs), "done")
-    return {"machine": machine(), "quick": quick, "results": results}
+        progress(total, total, "done")
+    return {"machine": machine(), "quick": quick, "repeats": repeats, "passes": passes,
+            "results": results}
 
 
 # ------------------------------------------------------------------ report
@@ -422,6 +439,19 @@ def _fmt(v, spec):
     return "" if v is None else format(v, spec)
 
 
+def _sampling(data: dict) -> str:
+    """How the samples were taken, from a report's own fields (older reports
+    have none)."""
+    if "passes" not in data:
+        return "one pass"
+    p, r = data["passes"], data["repeats"]
+    if p == 1:
+        return "one pass of %d rounds per row" % r
+    return ("%d passes over the suite, %d rounds per row in each: %d samples per fastxent "
+            "runner and memcpy, taken minutes apart; NumPy and the peers in the first pass "
+            "only" % (p, r, p * r))
+
+
 def write_report(data: dict, outdir: str) -> Dict[str, str]:
     os.makedirs(outdir, exist_ok=True)
     rows = _derive(data)
@@ -432,13 +462,13 @@ def write_report(data: dict, outdir: str) -> Dict[str, str]:
                ", ".join("%s %s" % kv for kv in m["versions"].items()), m["date"]))
     lines = [
         "# fastxent benchmark report", "", head, "",
-        "Median of repeated calls (%s mode); the runners of one row group are timed "
+        "Median of repeated calls (%s mode; %s); the runners of one row group are timed "
         "round-robin, one sample each per round. `x memcpy` is the median over rounds of "
         "the time over that round's `np.copyto` of the same logits into a same-sized "
         "buffer: the floor for any work that reads the logits and writes an N x C result "
         "(for loss-only work, the floor is half of it). Speed-ups are the other runner's "
         "median time over this row's."
-        % ("quick" if data["quick"] else "full"), "",
+        % ("quick" if data["quick"] else "full", _sampling(data)), "",
         "| work | shape | dtype | runner | ms | Gelem/s | GB/s | x memcpy | vs numpy | vs torch | vs jax |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -1,6 +1,7 @@
 """The benchmark report's bookkeeping: paired ratios, round-robin runs, dispatch checks."""
 
 import json
+import statistics
 
 import pytest
 
@@ -42,6 +43,43 @@ def test_run_all_round_robin_and_report(tmp_path, monkeypatch):
         r = res[row["runner"]]
         assert row["x_memcpy"] == pytest.approx(_bench.paired_ratio(r, res["memcpy"]))
     assert "round-robin" in open(paths["md"]).read()
+
+
+def test_run_all_passes_spread_each_rows_samples(tmp_path, monkeypatch):
+    # two passes over the suite: every case sampled in both, rounds numbered
+    # across them, each round's memcpy there to pair with
+    monkeypatch.setattr(_bench, "QUICK_SIZES", [("ce_loss_grad", (8, 10), "float32"),
+                                                ("ce_loss", (8, 10), "float32")])
+    setups = []
+    real_cases = _bench.cases
+
+    def logged_cases(**kw):
+        out = []
+        for c in real_cases(**kw):
+            def setup(c=c):
+                setups.append((c.kernel, c.runner))
+                return c.setup()
+            out.append(_bench.Case(c.kernel, c.shape, c.dtype, c.runner, setup))
+        return out
+
+    monkeypatch.setattr(_bench, "cases", logged_cases)
+    data = _bench.run_all(quick=True, repeats=2, peers=False, passes=2)
+    assert (data["passes"], data["repeats"]) == (2, 2)
+    bes = [b for b, v in _dispatch.backends().items() if v["available"]]
+    res = {(r["kernel"], r["runner"]): r for r in data["results"]}
+    assert set(res) == {(k, r) for k in ("ce_loss_grad", "ce_loss") for r in ["memcpy", *bes]}
+    for (kernel, runner), r in res.items():
+        assert r["error"] is None
+        # numpy (slow): the first max(3, 2 // 3) rounds of the first pass, of 2
+        want = [0, 1] if runner == "numpy" else [0, 1, 2, 3]
+        assert r["rounds"] == want, (kernel, runner)
+        assert len(r["samples_s"]) == len(want)  # the median is over both passes
+        assert r["median_s"] == statistics.median(r["samples_s"])
+    # each case set up once per pass it is timed in, the suite in order each time
+    first = [(k, r) for k in ("ce_loss_grad", "ce_loss") for r in ["memcpy", *bes]]
+    assert setups == first + [kr for kr in first if kr[1] != "numpy"]
+    paths = _bench.write_report(data, str(tmp_path))
+    assert "2 passes over the suite" in open(paths["md"]).read()
 
 
 def test_check_dispatch_catches_a_misnamed_case():
