@@ -533,15 +533,22 @@ static FX_TARGET void FX_N(fx_softmax_row)(const FX_T *x, FX_T *out, int64_t C,
 }
 
 /* out = (x - shift) - logS: exact in structure even where |shift| >> logS
- * (x - (float)lse would lose logS to the rounding of lse) */
+ * (x - (float)lse would lose logS to the rounding of lse).  Unless out is
+ * x, pass 2 stores its exps into out, to be overwritten: the output row's
+ * lines then come in (read for ownership) while the exps compute, instead
+ * of stalling the last pass, which finds them in cache (the same sums: the
+ * store changes no arithmetic).  Measured ((4096, 32000) float32, medians
+ * of 15 alternations in one process): 67-68 -> 61 ms on 2 threads, 119 ->
+ * 95 ms on 1; (1024, 128256) 70.6 -> 67.2; (8192, 1000) 3.8 -> 3.2. */
 static FX_TARGET void FX_N(fx_log_softmax_row)(const FX_T *x, FX_T *out,
                                                int64_t C, const FX_T *pf)
 {
     FX_T m = FX_N(fx_rowmax)(x, C);
     FX_T sh = isfinite(m) ? m : (FX_T)0;
     double R;
+    FX_T *e = out != x ? out : NULL;
     double logS = m == (FX_T)INFINITY ? (double)NAN
-                                      : log(FX_N(fx_sumexp)(x, sh, NULL, C, -1, pf, &R));
+                                      : log(FX_N(fx_sumexp)(x, sh, e, C, -1, pf, &R));
     if (!isfinite((double)sh + logS)) {
         for (int64_t i = 0; i < C; i++)
             out[i] = (FX_T)NAN;

@@ -572,12 +572,15 @@ def _log_softmax_rows(X, out, r0, r1):
         _softmax_flat(X, out, True, r0, r1)
         return
     inplace = X.ctypes.data == out.ctypes.data
-    buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
+    buf = np.empty(X.shape[1] if inplace else 0, X.dtype)  # exp row (scratch)
     for r in range(r0, r1):
         x = X[r]
         o = out[r]
         sh = _shift_of(_row_max(x))
-        s, _ = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
+        # the exps go into the output row unless it is x (then to buf), to
+        # be overwritten below: its lines come in while the exps compute
+        # (as the Cython kernels' fx_log_softmax_row; the same sums)
+        s, _ = _row_expsum(x, sh, buf if inplace else o, _next_row(X, r, r1), -1)
         logs = np.log(s)
         # (x - shift) - logs: exact where |shift| dwarfs logs
         if not np.isfinite(np.float64(sh) + logs):
