@@ -60,6 +60,17 @@ def _print_info(as_json: bool) -> None:
             print("  %-7s UNAVAILABLE: %s" % (name, b["reason"]))
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % text) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, got %d" % v)
+    return v
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastxent", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -68,10 +79,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_bench = sub.add_parser("bench", help="run the benchmark suite and write a report")
     p_bench.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     p_bench.add_argument("--out", default="fastxent-bench", help="report folder (default: %(default)s)")
-    p_bench.add_argument("--repeats", type=int, default=None,
+    p_bench.add_argument("--repeats", type=_positive, default=None,
                          help="rounds per row in each pass (default 2, quick 5); the median "
                               "over all passes' samples is reported")
-    p_bench.add_argument("--passes", type=int, default=None,
+    p_bench.add_argument("--passes", type=_positive, default=None,
                          help="passes over the whole suite (default 5, quick 1): a row's "
                               "samples then come from moments minutes apart")
     p_bench.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")

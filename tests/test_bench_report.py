@@ -89,3 +89,13 @@ def test_check_dispatch_catches_a_misnamed_case():
         _bench.check_dispatch(wrong, wrong.setup())
     right = _bench.Case("ce_loss_grad", (8, 10), "float32", "numpy", wrong.setup)
     _bench.check_dispatch(right, right.setup())
+
+
+@pytest.mark.parametrize("arg", ["--repeats=0", "--passes=0", "--passes=-2", "--repeats=x"])
+def test_bench_cli_refuses_non_positive_counts(arg, capsys):
+    from fastxent.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", arg])
+    assert e.value.code == 2  # argparse's usage error, before anything runs
+    assert arg.split("=")[0] in capsys.readouterr().err
