@@ -336,11 +336,12 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
     about half the run moves a minority of them, instead of every sample of
     the rows timed during it. The NumPy path and the peers (slow, and there
     for the speed-ups, not the targets) take part in the first ``max(3,
-    repeats // 3)`` rounds of the first pass only.
+    repeats * passes // 3)`` rounds only (counted across passes: set up
+    again only in a pass that samples them).
     """
     cs = cases(quick=quick, peers=peers, backends=backends)
     passes = max(1, int(passes))
-    slow_reps = max(3, repeats // 3)
+    slow_total = max(3, repeats * passes // 3)
     recs = {case.id: {"kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
                       "runner": case.runner, "samples_s": [], "rounds": [],
                       "median_s": None, "error": None} for case in cs}
@@ -355,7 +356,8 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
                 done += 1
                 rec = recs[case.id]
                 slow = case.runner in ("numpy",) + PEERS
-                reps = (slow_reps if p == 0 else 0) if slow else repeats
+                reps = (min(repeats, max(0, slow_total - p * repeats)) if slow
+                        else repeats)
                 run, inner = None, 0
                 if rec["error"] is None and reps > 0:
                     try:
@@ -448,8 +450,8 @@ def _sampling(data: dict) -> str:
     if p == 1:
         return "one pass of %d rounds per row" % r
     return ("%d passes over the suite, %d rounds per row in each: %d samples per fastxent "
-            "runner and memcpy, taken minutes apart; NumPy and the peers in the first pass "
-            "only" % (p, r, p * r))
+            "runner and memcpy, taken minutes apart; NumPy and the peers in the first %d "
+            "rounds only" % (p, r, p * r, max(3, p * r // 3)))
 
 
 def write_report(data: dict, outdir: str) -> Dict[str, str]:
