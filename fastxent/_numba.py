@@ -376,19 +376,21 @@ def _row_expsum(v, shift, e, vn, y):
     nb = n - n % _SUM_BLOCK
     step = 64 // vn.itemsize
     r = 0.0
+    zero = _as(e, 0.0)
     for b in range(0, nb, _SUM_BLOCK):
         vb = v[b:b + _SUM_BLOCK]
         eb = e[b:b + _SUM_BLOCK]
+        # the select only where the target is: in every block's loop it
+        # made the loss at (4096, 32000) 5-12% slower (same-process A/B)
         if b <= y < b + _SUM_BLOCK:
-            t = _as(e, 0.0)
-            zero = _as(e, 0.0)
+            t = zero
             for c in range(_SUM_BLOCK):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
                 t += ec if b + c != y else zero
             r += np.float64(t)
         else:
-            t = _as(e, 0.0)
+            t = zero
             for c in range(_SUM_BLOCK):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
@@ -397,8 +399,7 @@ def _row_expsum(v, shift, e, vn, y):
         if b % _PF_BLOCK == 0:
             for c in range(b, min(b + _PF_BLOCK, n), step):
                 _prefetch(vn, c)
-    t = _as(e, 0.0)
-    zero = _as(e, 0.0)
+    t = zero
     for c in range(nb, n):
         ec = _exp(_as(e, v[c] - shift))
         e[c] = ec
