@@ -107,6 +107,28 @@ def test_memory_flat_fast(backend, fname):
     _flat(lambda: fn(backend), 1_000 if backend == "numpy" else 4_000, 1024 * 1024, 1000, 4 * 1024)
 
 
+@pytest.mark.parametrize("fname", FUNCS)
+def test_kernel_name_is_the_same_object_every_call(monkeypatch, backend, fname):
+    """The kernel name passed to dispatch is one constant string, not built per call.
+
+    A string made per call and looked up as an attribute is kept by CPython's
+    type-attribute cache in a slot chosen by its address, so fresh names pile
+    up there (up to the cache's 4096 slots): the flatness check above saw it as
+    ~7-12 KiB per 500 calls on one CI run. The names are kept alive here so two
+    fresh strings cannot share an address.
+    """
+    from fastxent import _dispatch
+
+    seen = []
+    real = _dispatch.call
+    monkeypatch.setattr(_dispatch, "call", lambda name, *a, **k: (seen.append(name), real(name, *a, **k))[1])
+    fn = _calls()[fname]
+    fn(backend)
+    fn(backend)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0] is seen[1], "kernel name %r is a new string each call" % seen[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fname", FUNCS)
 def test_memory_flat_1e5_calls(backend, fname):
