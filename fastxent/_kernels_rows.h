@@ -337,10 +337,12 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
         && r1 - r0 >= 8) {
         fx_small_idx T;
         fx_small_idx_init_avx2(&T, C);
-        for (; i + 8 <= r1; i += 8) {
-            if (FX_SMALL8(A, &T, x + i * C, t + i, ign, gp ? gp + i : NULL,
-                          gscalar, lp ? lp + i : NULL, g ? g + i * C : NULL))
-                continue;
+        const int64_t rb = r0 + ((r1 - r0) & ~(int64_t)7); /* whole blocks */
+        while (i < rb) {
+            i = FX_SMALL8(A, &T, x, t, ign, gp, gscalar, lp, g, i, rb);
+            if (i == rb)
+                break;
+            /* the block at i goes per row, then the blocks after it */
             for (int64_t k = i; k < i + 8; k++) {
                 double loss = 0.0;
                 if (t[k] == ign) {
@@ -355,6 +357,7 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
                 if (lp)
                     lp[k] = loss;
             }
+            i += 8;
         }
     }
 #endif
