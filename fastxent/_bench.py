@@ -320,6 +320,11 @@ def _groups(cs: List[Case]) -> List[List[Case]]:
     return out
 
 
+def _slow_rounds(repeats: int, passes: int) -> int:
+    """Rounds (counted across passes) in which NumPy and the peers are timed."""
+    return max(3, repeats * passes // 3)
+
+
 def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
             passes: int = 1) -> dict:
     """Time every case, the cases of one (kernel, shape, dtype) round-robin.
@@ -341,7 +346,7 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
     """
     cs = cases(quick=quick, peers=peers, backends=backends)
     passes = max(1, int(passes))
-    slow_total = max(3, repeats * passes // 3)
+    slow_total = _slow_rounds(repeats, passes)
     recs = {case.id: {"kernel": case.kernel, "shape": list(case.shape), "dtype": case.dtype,
                       "runner": case.runner, "samples_s": [], "rounds": [],
                       "median_s": None, "error": None} for case in cs}
@@ -451,7 +456,7 @@ def _sampling(data: dict) -> str:
         return "one pass of %d rounds per row" % r
     return ("%d passes over the suite, %d rounds per row in each: %d samples per fastxent "
             "runner and memcpy, taken minutes apart; NumPy and the peers in the first %d "
-            "rounds only" % (p, r, p * r, max(3, p * r // 3)))
+            "rounds only" % (p, r, p * r, _slow_rounds(r, p)))
 
 
 def write_report(data: dict, outdir: str) -> Dict[str, str]:

@@ -875,8 +875,9 @@ fx_ce_cm8_run_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     fx_cm8_state st[2];
     int cur = 0;
     int64_t pend = -1; /* the block whose second half is due, in st[cur ^ 1] */
-    for (; i < r1; i += 8) {
-        const int ok = fx_ce_cm8_front_f32_avx2(T, x + i * C, t + i, ign, &st[cur], C);
+    for (;; i += 8) { /* at r1, no front: the last pending back, then return */
+        const int ok = i < r1
+                       && fx_ce_cm8_front_f32_avx2(T, x + i * C, t + i, ign, &st[cur], C);
         if (pend >= 0)
             fx_ce_cm8_back_f32_avx2(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
                                     gscalar, lp ? lp + pend : NULL,
@@ -886,10 +887,6 @@ fx_ce_cm8_run_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
         pend = i;
         cur ^= 1;
     }
-    if (pend >= 0)
-        fx_ce_cm8_back_f32_avx2(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
-                                gscalar, lp ? lp + pend : NULL, g ? g + pend * C : NULL, C);
-    return i;
 }
 
 /* softmax (LOG = 0) or log_softmax (LOG = 1) of 8 rows of 2 <= C <=
