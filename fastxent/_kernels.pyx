@@ -84,9 +84,10 @@ cdef extern from "_kernels_simd.h" nogil:
                          const double *, double *)
     float fx_expf_any(float)
     double fx_exp_any(double)
-    const char *fx_select(int want_avx2)
+    const char *fx_select(int level)
     const char *fx_isa()
     int fx_cpu_has_avx2()
+    int fx_cpu_has_avx512()
     int fx_openmp()
     int fx_thread_num()
 
@@ -111,7 +112,7 @@ cdef int64_t _MIN_WORK_PER_THREAD = 16384
 # ``_set_stream_bytes(16 << 20)`` turns it on for measuring elsewhere.
 cdef int64_t _STREAM_BYTES = <int64_t>1 << 62
 
-fx_select(1)
+fx_select(2)
 cnp.import_array()
 
 
@@ -134,13 +135,31 @@ def openmp_enabled():
 
 
 def simd_isa():
-    """The instruction set the kernels run on here: ``"avx2+fma"`` or ``"sse2"``."""
+    """The instruction set the kernels run on here: ``"avx512"``, ``"avx2+fma"``
+    or the baseline (``"sse2"`` on x86-64)."""
     return fx_isa().decode()
 
 
+_ISA_LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2, "best": 2}
+
+
+def _simd_levels():
+    """Testing aid: the names ``_set_simd_isa`` takes that this CPU runs as
+    themselves (``"baseline"`` always, ``"avx2"``, ``"avx512"``)."""
+    names = ["baseline"]
+    if fx_cpu_has_avx2():
+        names.append("avx2")
+    if fx_cpu_has_avx512():
+        names.append("avx512")
+    return tuple(names)
+
+
 def _set_simd_isa(name):
-    """Testing aid: force ``"baseline"`` or go back to ``"best"``; returns the ISA."""
-    return fx_select(0 if name == "baseline" else 1).decode()
+    """Testing aid: force ``"baseline"``, ``"avx2"`` or ``"avx512"`` (the
+    highest the CPU has, up to that), or go back to ``"best"``; returns the ISA."""
+    if name not in _ISA_LEVELS:
+        raise ValueError("unknown ISA level %r; one of %s" % (name, sorted(_ISA_LEVELS)))
+    return fx_select(_ISA_LEVELS[name]).decode()
 
 
 def _set_stream_bytes(int64_t nbytes):

@@ -196,30 +196,35 @@ FX_I(fx_tanh)(double u)
  *
  * Same math as fx_ce_row without label smoothing and softcap, for a block of
  * 8 rows: the 8 logs of S as one vector log (a scalar log per row costs more
- * than a 10-class row's exps, fx_ce_end8_avx2), the block's exps with full
+ * than a 10-class row's exps, fx_ce_end8), the block's exps with full
  * vector lanes (class-major up to FX_CM_CMAX classes, staged above; see
- * fx_ce_run8_f32_avx2).  A block with an ignored row, an infinite row max
+ * fx_ce_run8_f32).  A block with an ignored row, an infinite row max
  * or a NaN goes to the per-row code (nothing written). */
 #define FX_SMALL_CMAX 64
 
+#ifndef FX_SMALL_IDX_DEFINED /* once for all the ISA builds */
+#define FX_SMALL_IDX_DEFINED
 typedef struct {
     __m256i tail;                      /* lanes < C % 8 (all if C % 8 == 0) */
     __m256i vidx;                      /* r * C */
     int32_t tidx[FX_SMALL_CMAX][8];    /* flat 8k+j -> (c * 8 + r) */
     int32_t ridx[FX_SMALL_CMAX][8];    /* flat 8k+j -> r */
 } fx_small_idx;
+#endif
 
 /* fx_expf_le0 on 8 lanes (the same operations, so the same results) */
 static inline __attribute__((always_inline)) FX_TARGET __m256
-fx_v_expf_le0_avx2(__m256 x)
+FX_I(fx_v_expf_le0)(__m256 x)
 {
     const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN: x */
     const __m256 magic = _mm256_set1_ps(12582912.0f);
     __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
     __m256 n = _mm256_sub_ps(t, magic);
+#if !FX_ISA_IS_AVX512
     __m256 s = _mm256_castsi256_ps(_mm256_add_epi32(
         _mm256_slli_epi32(_mm256_castps_si256(t), 23),
         _mm256_set1_epi32((127 + 64) << 23)));
+#endif
     __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc);
     r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
     const __m256 r2 = _mm256_mul_ps(r, r);
@@ -231,8 +236,12 @@ fx_v_expf_le0_avx2(__m256 x)
     const __m256 q = _mm256_fmadd_ps(b, r2, a);
     __m256 p = _mm256_fmadd_ps(q, r2, r);
     p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+#if FX_ISA_IS_AVX512
+    return _mm256_scalef_ps(p, n); /* p 2**n, rounded once: the same value */
+#else
     return _mm256_mul_ps(_mm256_mul_ps(p, s),
                          _mm256_set1_ps(5.42101086242752217e-20f));
+#endif
 }
 
 /* S = sum exp(x_i - sh) over [a, b), e stored to out when HO.  Each lane
@@ -241,7 +250,7 @@ fx_v_expf_le0_avx2(__m256 x)
  * float64 sum; converting every vector costs about 0.1 ns per element here.
  * Tails go through one vector at a time and then scalars, exactly summed. */
 static inline __attribute__((always_inline)) FX_TARGET double
-fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
+FX_I(fx_sumexp_span_f32)(const float *x, float sh, float *out, int64_t a,
                         int64_t b, const float *pf, const int HO)
 {
     const __m256 vs = _mm256_set1_ps(sh);
@@ -250,10 +259,10 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
     for (; i + 32 <= b; i += 32) {
         _mm_prefetch((const char *)(pf + i), _MM_HINT_T0);
         _mm_prefetch((const char *)(pf + i + 16), _MM_HINT_T0);
-        __m256 e0 = fx_v_expf_le0_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
-        __m256 e1 = fx_v_expf_le0_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vs));
-        __m256 e2 = fx_v_expf_le0_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 16), vs));
-        __m256 e3 = fx_v_expf_le0_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 24), vs));
+        __m256 e0 = FX_I(fx_v_expf_le0)(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+        __m256 e1 = FX_I(fx_v_expf_le0)(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vs));
+        __m256 e2 = FX_I(fx_v_expf_le0)(_mm256_sub_ps(_mm256_loadu_ps(x + i + 16), vs));
+        __m256 e3 = FX_I(fx_v_expf_le0)(_mm256_sub_ps(_mm256_loadu_ps(x + i + 24), vs));
         if (HO) { /* out may be x: every element is read before it is written */
             _mm256_storeu_ps(out + i, e0);
             _mm256_storeu_ps(out + i + 8, e1);
@@ -265,7 +274,7 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(bs, 1)));
     }
     for (; i + 8 <= b; i += 8) {
-        __m256 e = fx_v_expf_le0_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+        __m256 e = FX_I(fx_v_expf_le0)(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
         if (HO)
             _mm256_storeu_ps(out + i, e);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
@@ -275,7 +284,7 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(sv), _mm256_extractf128_pd(sv, 1));
     double s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
     for (; i < b; i++) {
-        float e = fx_expf_le0_avx2(x[i] - sh);
+        float e = FX_I(fx_expf_le0)(x[i] - sh);
         if (HO)
             out[i] = e;
         s += (double)e;
@@ -285,15 +294,17 @@ fx_sumexp_span_f32_avx2(const float *x, float sh, float *out, int64_t a,
 
 /* fx_exp_le0 on 4 lanes (the same operations, so the same results) */
 static inline __attribute__((always_inline)) FX_TARGET __m256d
-fx_v_exp_le0_avx2(__m256d x)
+FX_I(fx_v_exp_le0)(__m256d x)
 {
     const __m256d xc = _mm256_max_pd(_mm256_set1_pd(-746.0), x); /* NaN: x */
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);
     const __m256d t = _mm256_fmadd_pd(xc, _mm256_set1_pd(1.4426950408889634074), magic);
     const __m256d n = _mm256_sub_pd(t, magic);
+#if !FX_ISA_IS_AVX512
     const __m256d s = _mm256_castsi256_pd(_mm256_add_epi64(
         _mm256_slli_epi64(_mm256_castpd_si256(t), 52),
         _mm256_set1_epi64x((long long)((1023ull + 64ull) << 52))));
+#endif
     __m256d r = _mm256_fmadd_pd(n, _mm256_set1_pd(-6.93145751953125E-1), xc);
     r = _mm256_fmadd_pd(n, _mm256_set1_pd(-1.42860682030941723212E-6), r);
     __m256d p = _mm256_set1_pd(FX_E64_C11);
@@ -308,7 +319,11 @@ fx_v_exp_le0_avx2(__m256d x)
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_E64_C2));
     p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
     p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+#if FX_ISA_IS_AVX512
+    return _mm256_scalef_pd(p, n);
+#else
     return _mm256_mul_pd(_mm256_mul_pd(p, s), _mm256_set1_pd(5.42101086242752217e-20));
+#endif
 }
 
 /* The float64 span: two vectors per step, two sums, the next row's line
@@ -316,7 +331,7 @@ fx_v_exp_le0_avx2(__m256d x)
  * lacked: its rows came from memory in the max pass while the exps ran on
  * cached data).  Tails one vector, then scalars. */
 static inline __attribute__((always_inline)) FX_TARGET double
-fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
+FX_I(fx_sumexp_span_f64)(const double *x, double sh, double *out, int64_t a,
                         int64_t b, const double *pf, const int HO)
 {
     const __m256d vs = _mm256_set1_pd(sh);
@@ -324,8 +339,8 @@ fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
     int64_t i = a;
     for (; i + 8 <= b; i += 8) {
         _mm_prefetch((const char *)(pf + i), _MM_HINT_T0);
-        __m256d e0 = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
-        __m256d e1 = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vs));
+        __m256d e0 = FX_I(fx_v_exp_le0)(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
+        __m256d e1 = FX_I(fx_v_exp_le0)(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vs));
         if (HO) { /* out may be x: every element is read before it is written */
             _mm256_storeu_pd(out + i, e0);
             _mm256_storeu_pd(out + i + 4, e1);
@@ -334,7 +349,7 @@ fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
         s1 = _mm256_add_pd(s1, e1);
     }
     for (; i + 4 <= b; i += 4) {
-        __m256d e = fx_v_exp_le0_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
+        __m256d e = FX_I(fx_v_exp_le0)(_mm256_sub_pd(_mm256_loadu_pd(x + i), vs));
         if (HO)
             _mm256_storeu_pd(out + i, e);
         s0 = _mm256_add_pd(s0, e);
@@ -343,7 +358,7 @@ fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(sv), _mm256_extractf128_pd(sv, 1));
     double s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
     for (; i < b; i++) {
-        double e = fx_exp_le0_avx2(x[i] - sh);
+        double e = FX_I(fx_exp_le0)(x[i] - sh);
         if (HO)
             out[i] = e;
         s += e;
@@ -374,8 +389,8 @@ fx_sumexp_span_f64_avx2(const double *x, double sh, double *out, int64_t a,
         *rest = R;                                                            \
         return R + (double)ey;                                                \
     }
-FX_SUMEXP_VDEF(fx_sumexp_f32v_avx2, float, fx_sumexp_span_f32_avx2, fx_expf_le0_avx2)
-FX_SUMEXP_VDEF(fx_sumexp_f64v_avx2, double, fx_sumexp_span_f64_avx2, fx_exp_le0_avx2)
+FX_SUMEXP_VDEF(FX_I(fx_sumexp_f32v), float, FX_I(fx_sumexp_span_f32), FX_I(fx_expf_le0))
+FX_SUMEXP_VDEF(FX_I(fx_sumexp_f64v), double, FX_I(fx_sumexp_span_f64), FX_I(fx_exp_le0))
 #undef FX_SUMEXP_VDEF
 
 /* log(s) for finite 1 <= s < 2**1000 (the float64 sums of few-class float32
@@ -386,7 +401,7 @@ FX_SUMEXP_VDEF(fx_sumexp_f64v_avx2, double, fx_sumexp_span_f64_avx2, fx_exp_le0_
  * (one shared division, d = 1 / (s (m + 1)), q = f s d, 1 / s = (m + 1) d,
  * measured slower: its chain is longer). */
 static inline __attribute__((always_inline)) FX_TARGET __m256d
-fx_v_log_ge1_avx2(__m256d s, __m256d *inv)
+FX_I(fx_v_log_ge1)(__m256d s, __m256d *inv)
 {
     __m256i b = _mm256_castpd_si256(s);
     __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(b, 52), _mm256_set1_epi64x(1023));
@@ -415,7 +430,7 @@ fx_v_log_ge1_avx2(__m256d s, __m256d *inv)
     return _mm256_add_pd(_mm256_fmadd_pd(k, _mm256_set1_pd(6.93147180369123816490E-1), q2), lo);
 }
 
-static FX_TARGET void fx_small_idx_init_avx2(fx_small_idx *T, int64_t C)
+static FX_TARGET void FX_I(fx_small_idx_init)(fx_small_idx *T, int64_t C)
 {
     const int tl = (int)(C % 8);
     T->tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(tl),
@@ -434,7 +449,7 @@ static FX_TARGET void fx_small_idx_init_avx2(fx_small_idx *T, int64_t C)
 }
 
 static inline __attribute__((always_inline)) FX_TARGET __m256
-fx_cvt2_avx2(__m256d lo, __m256d hi)
+FX_I(fx_cvt2)(__m256d lo, __m256d hi)
 {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)),
                                 _mm256_cvtpd_ps(hi), 1);
@@ -443,7 +458,7 @@ fx_cvt2_avx2(__m256d lo, __m256d hi)
 
 /* horizontal max / float64 sum of a vector */
 static inline __attribute__((always_inline)) FX_TARGET float
-fx_hmax_avx2(__m256 v)
+FX_I(fx_hmax)(__m256 v)
 {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -452,7 +467,7 @@ fx_hmax_avx2(__m256 v)
 }
 
 static inline __attribute__((always_inline)) FX_TARGET double
-fx_hsum_pd_avx2(__m256d v)
+FX_I(fx_hsum_pd)(__m256d v)
 {
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
@@ -461,7 +476,7 @@ fx_hsum_pd_avx2(__m256d v)
 /* 8 targets as int32 lanes (lane r = row r; 0 <= t < C, so the low 32 bits
  * are the value); 0 if one of them is ign (the block goes to per-row code) */
 static inline __attribute__((always_inline)) FX_TARGET int
-fx_y32_avx2(const int64_t *t, int64_t ign, __m256i *y32)
+FX_I(fx_y32)(const int64_t *t, int64_t ign, __m256i *y32)
 {
     const __m256i t0 = _mm256_loadu_si256((const __m256i *)t);
     const __m256i t1 = _mm256_loadu_si256((const __m256i *)(t + 4));
@@ -482,7 +497,7 @@ fx_y32_avx2(const int64_t *t, int64_t ign, __m256i *y32)
  * gradient's factor (a w_y + k2) / S of every e, returned in float, and the
  * target entries e_y k2 / S - a w_y R / S to dy, as fx_ce_row. */
 static inline __attribute__((always_inline)) FX_TARGET __m256
-fx_ce_end8_avx2(const fx_ce_args *A, const __m256d *S, const __m256d *R,
+FX_I(fx_ce_end8)(const fx_ce_args *A, const __m256d *S, const __m256d *R,
                 const __m256d *ey, const __m256d *sh, const __m256d *xy,
                 __m256i y32, const double *gp, double gscalar, double *lp,
                 const int HG, __m256d *dy)
@@ -498,7 +513,7 @@ fx_ce_end8_avx2(const fx_ce_args *A, const __m256d *S, const __m256d *R,
     }
     for (int h = 0; h < 2; h++) {
         __m256d iS;
-        const __m256d L = fx_v_log_ge1_avx2(S[h], HG ? &iS : NULL);
+        const __m256d L = FX_I(fx_v_log_ge1)(S[h], HG ? &iS : NULL);
         const __m256d lse = _mm256_add_pd(sh[h], L);
         /* ce = w_y (log S - xy), exactly 0 where w_y == 0 */
         __m256d ce = _mm256_mul_pd(wy[h], _mm256_sub_pd(L, xy[h]));
@@ -522,7 +537,7 @@ fx_ce_end8_avx2(const fx_ce_args *A, const __m256d *S, const __m256d *R,
         dy[h] = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(ey[h], k2),
                                             _mm256_mul_pd(aw, R[h])), iS);
     }
-    return HG ? fx_cvt2_avx2(ks[0], ks[1]) : _mm256_setzero_ps();
+    return HG ? FX_I(fx_cvt2)(ks[0], ks[1]) : _mm256_setzero_ps();
 }
 
 /* 8 rows at x (C = A->C <= FX_SMALL_CMAX): 1 if done, 0 if the caller must
@@ -534,11 +549,11 @@ fx_ce_end8_avx2(const fx_ce_args *A, const __m256d *S, const __m256d *R,
  * masked loads never touch memory past the row's end); e = exp(x - max)
  * over the whole block (8 C contiguous floats: C full vectors, with each
  * row's shift spread into a scratch block) into a scratch copy of the block;
- * S per row in double (masked lanes add 0); then fx_ce_end8_avx2; and the
+ * S per row in double (masked lanes add 0); then fx_ce_end8; and the
  * gradient block written as C full vectors, each lane scaled by its row's
  * factor (no masked stores: they are microcoded and slow on AMD). */
 static FX_TARGET int
-fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+FX_I(fx_ce_small8_f32)(const fx_ce_args *A, const fx_small_idx *T,
                       const float *x, const int64_t *t, int64_t ign,
                       const double *gp, double gscalar, double *lp, float *g)
 {
@@ -550,7 +565,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     float mf[8];
     float eb[8 * FX_SMALL_CMAX + 8], shb[8 * FX_SMALL_CMAX + 8];
     __m256i y32;
-    if (!fx_y32_avx2(t, ign, &y32))
+    if (!FX_I(fx_y32)(t, ign, &y32))
         return 0;
     /* stage 1: row maxima (8 independent chains) */
     for (int r = 0; r < 8; r++) {
@@ -561,7 +576,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
         if (tl)
             mx = _mm256_max_ps(_mm256_blendv_ps(ninf, _mm256_maskload_ps(xr + nf, tm),
                                                 _mm256_castsi256_ps(tm)), mx);
-        mf[r] = fx_hmax_avx2(mx);
+        mf[r] = FX_I(fx_hmax)(mx);
         if (!isfinite(mf[r]))
             return 0;
     }
@@ -576,7 +591,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     }
     /* stage 3: e = exp(x - shift) over the block as C full vectors */
     for (int64_t k = 0; k < C; k++)
-        _mm256_storeu_ps(eb + 8 * k, fx_v_expf_le0_avx2(
+        _mm256_storeu_ps(eb + 8 * k, FX_I(fx_v_expf_le0)(
             _mm256_sub_ps(_mm256_loadu_ps(x + 8 * k), _mm256_loadu_ps(shb + 8 * k))));
     /* stage 4: R = sum of e_c, c != y, per row in double (e_y masked out:
      * p_y - 1 = -R / S, where S - e_y would cancel when p_y ~ 1; a mask, as
@@ -602,7 +617,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
             s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
             s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
         }
-        Rs[r] = fx_hsum_pd_avx2(_mm256_add_pd(s0, s1));
+        Rs[r] = FX_I(fx_hsum_pd)(_mm256_add_pd(s0, s1));
         S[r] = Rs[r] + ey[r];
         if (isnan(S[r]))
             return 0;
@@ -613,12 +628,12 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     const __m256d shv[2] = {_mm256_loadu_pd(sh), _mm256_loadu_pd(sh + 4)};
     const __m256d xyv[2] = {_mm256_loadu_pd(xy), _mm256_loadu_pd(xy + 4)};
     __m256d dy[2];
-    const __m256 ksT = fx_ce_end8_avx2(A, Sv, Rv, eyv, shv, xyv, y32, gp, gscalar, lp,
+    const __m256 ksT = FX_I(fx_ce_end8)(A, Sv, Rv, eyv, shv, xyv, y32, gp, gscalar, lp,
                                        g != NULL, dy);
     if (!g)
         return 1;
     float dyf[8];
-    _mm256_storeu_ps(dyf, fx_cvt2_avx2(dy[0], dy[1]));
+    _mm256_storeu_ps(dyf, FX_I(fx_cvt2)(dy[0], dy[1]));
     for (int64_t k = 0; k < C; k++) {
         __m256i ri = _mm256_loadu_si256((const __m256i *)T->ridx[k]);
         _mm256_storeu_ps(g + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(eb + 8 * k),
@@ -633,7 +648,7 @@ fx_ce_small8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
  * = [row r | row r + 4] of 4 columns, v[c] becomes [column c of rows 0-3 |
  * of rows 4-7], and back. */
 static inline __attribute__((always_inline)) FX_TARGET void
-fx_tr4x2_avx2(__m256 *v)
+FX_I(fx_tr4x2)(__m256 *v)
 {
     const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
     const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
@@ -645,7 +660,7 @@ fx_tr4x2_avx2(__m256 *v)
 
 /* [4 floats at lo | 4 floats at hi] */
 static inline __attribute__((always_inline)) FX_TARGET __m256
-fx_ld2_avx2(const float *lo, const float *hi)
+FX_I(fx_ld2)(const float *lo, const float *hi)
 {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)),
                                 _mm_loadu_ps(hi), 1);
@@ -653,7 +668,7 @@ fx_ld2_avx2(const float *lo, const float *hi)
 
 /* the two halves of v to 4 floats at lo and 4 at hi */
 static inline __attribute__((always_inline)) FX_TARGET void
-fx_st2_avx2(float *lo, float *hi, __m256 v)
+FX_I(fx_st2)(float *lo, float *hi, __m256 v)
 {
     _mm_storeu_ps(lo, _mm256_castps256_ps128(v));
     _mm_storeu_ps(hi, _mm256_extractf128_ps(v, 1));
@@ -672,7 +687,7 @@ fx_st2_avx2(float *lo, float *hi, __m256 v)
  * 7's tail is written exactly: nothing outside the block is read or written.
  * Below 4 classes those reads would run past the block: gathers with stride
  * C instead, and the gradient gathered back from the class-major e.  C is a
- * compile-time constant in each copy (fx_ce_run8_f32_avx2), so that the
+ * compile-time constant in each copy (fx_ce_run8_f32), so that the
  * class loops unroll.  Measured (C harness, 1 thread, 2.6M elements,
  * medians of 15 interleaved, ns per element, vs staged): C = 10 1.41 vs
  * 1.77; C = 4 2.1 vs 3.0; C = 16 1.8 vs 2.1; the gathers at C = 4: 4.0. */
@@ -682,7 +697,7 @@ fx_st2_avx2(float *lo, float *hi, __m256 v)
  * (NaN skipped, as fx_rowmax); 0 if a row's max is +-inf (a non-finite row:
  * the caller's per-row code makes it NaN, or all -inf). */
 static inline __attribute__((always_inline)) FX_TARGET int
-fx_cm8_in_f32_avx2(const fx_small_idx *T, const float *x, __m256 *xb,
+FX_I(fx_cm8_in_f32)(const fx_small_idx *T, const float *x, __m256 *xb,
                    __m256 *mx, const int64_t C)
 {
     const int64_t nf = C & ~(int64_t)7;
@@ -693,27 +708,27 @@ fx_cm8_in_f32_avx2(const fx_small_idx *T, const float *x, __m256 *xb,
     for (int64_t c0 = 0; !GA && c0 < nf; c0 += 8) {
         __m256 *v = xb + c0;
         for (int r = 0; r < 4; r++) {
-            v[r] = fx_ld2_avx2(x + r * C + c0, x + (r + 4) * C + c0);
-            v[4 + r] = fx_ld2_avx2(x + r * C + c0 + 4, x + (r + 4) * C + c0 + 4);
+            v[r] = FX_I(fx_ld2)(x + r * C + c0, x + (r + 4) * C + c0);
+            v[4 + r] = FX_I(fx_ld2)(x + r * C + c0 + 4, x + (r + 4) * C + c0 + 4);
         }
-        fx_tr4x2_avx2(v);
-        fx_tr4x2_avx2(v + 4);
+        FX_I(fx_tr4x2)(v);
+        FX_I(fx_tr4x2)(v + 4);
     }
     if (!GA && tl) {
         __m256 *v = xb + nf;
         const float *x7 = x + 7 * C + nf;
         for (int r = 0; r < 3; r++)
-            v[r] = fx_ld2_avx2(x + r * C + nf, x + (r + 4) * C + nf);
+            v[r] = FX_I(fx_ld2)(x + r * C + nf, x + (r + 4) * C + nf);
         v[3] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x + 3 * C + nf)),
                                     _mm_maskload_ps(x7, _mm256_castsi256_si128(T->tail)), 1);
-        fx_tr4x2_avx2(v);
+        FX_I(fx_tr4x2)(v);
         if (tl > 4) {
             for (int r = 0; r < 3; r++)
-                v[4 + r] = fx_ld2_avx2(x + r * C + nf + 4, x + (r + 4) * C + nf + 4);
+                v[4 + r] = FX_I(fx_ld2)(x + r * C + nf + 4, x + (r + 4) * C + nf + 4);
             v[7] = _mm256_insertf128_ps(
                 _mm256_castps128_ps256(_mm_loadu_ps(x + 3 * C + nf + 4)),
                 _mm_maskload_ps(x7 + 4, _mm256_extractf128_si256(T->tail, 1)), 1);
-            fx_tr4x2_avx2(v + 4);
+            FX_I(fx_tr4x2)(v + 4);
         }
     }
     __m256 m = _mm256_set1_ps(-INFINITY);
@@ -725,11 +740,11 @@ fx_cm8_in_f32_avx2(const fx_small_idx *T, const float *x, __m256 *xb,
 }
 
 /* eb[c] (lane r = row r, c < C) out to the 8 rows of C floats at g, the
- * reverse of fx_cm8_in_f32_avx2 (eb is clobbered): rows stored in order,
+ * reverse of fx_cm8_in_f32 (eb is clobbered): rows stored in order,
  * each row's tail first (its last 8 floats run into the next row's start,
  * which that row's own stores overwrite later), row 7's tail exactly. */
 static inline __attribute__((always_inline)) FX_TARGET void
-fx_cm8_out_f32_avx2(const fx_small_idx *T, __m256 *eb, float *g, const int64_t C)
+FX_I(fx_cm8_out_f32)(const fx_small_idx *T, __m256 *eb, float *g, const int64_t C)
 {
     const int64_t nf = C & ~(int64_t)7;
     const int tl = (int)(C & 7);
@@ -746,9 +761,9 @@ fx_cm8_out_f32_avx2(const fx_small_idx *T, __m256 *eb, float *g, const int64_t C
         /* rows in order: 0-3 (low halves), 4-6 (high halves), 7 exactly */
         __m256 *v = eb + nf;
         float tb[8];
-        fx_tr4x2_avx2(v);
+        FX_I(fx_tr4x2)(v);
         if (tl > 4)
-            fx_tr4x2_avx2(v + 4);
+            FX_I(fx_tr4x2)(v + 4);
         for (int r = 0; r < 4; r++) {
             _mm_storeu_ps(g + r * C + nf, _mm256_castps256_ps128(v[r]));
             if (tl > 4)
@@ -767,22 +782,25 @@ fx_cm8_out_f32_avx2(const fx_small_idx *T, __m256 *eb, float *g, const int64_t C
     }
     for (int64_t c0 = 0; c0 < nf; c0 += 8) {
         __m256 *v = eb + c0;
-        fx_tr4x2_avx2(v);
-        fx_tr4x2_avx2(v + 4);
+        FX_I(fx_tr4x2)(v);
+        FX_I(fx_tr4x2)(v + 4);
         for (int r = 0; r < 4; r++) {
-            fx_st2_avx2(g + r * C + c0, g + (r + 4) * C + c0, v[r]);
-            fx_st2_avx2(g + r * C + c0 + 4, g + (r + 4) * C + c0 + 4, v[4 + r]);
+            FX_I(fx_st2)(g + r * C + c0, g + (r + 4) * C + c0, v[r]);
+            FX_I(fx_st2)(g + r * C + c0 + 4, g + (r + 4) * C + c0 + 4, v[4 + r]);
         }
     }
 }
 
 /* A class-major block between its two halves: the exps (class c of the 8
- * rows in eb[c]) and the per-row values fx_ce_end8_avx2 takes. */
+ * rows in eb[c]) and the per-row values fx_ce_end8 takes. */
+#ifndef FX_CM8_STATE_DEFINED
+#define FX_CM8_STATE_DEFINED
 typedef struct {
     __m256 eb[FX_CM_CMAX + 8];
     __m256d S[2], R[2], ey[2], sh[2], xy[2];
     __m256i y32;
 } fx_cm8_state;
+#endif
 
 /* The first half of 8 rows of 2 <= C <= FX_CM_CMAX classes: the block in,
  * row maxima, e = exp(x - max), R = sum of e_c, c != y (pairs of classes
@@ -790,21 +808,21 @@ typedef struct {
  * all into st.  1 if done, 0 if the rows must go per row (an ignored row, a
  * row with an infinite max or a NaN); reads the block, writes nothing. */
 static inline __attribute__((always_inline)) FX_TARGET int
-fx_ce_cm8_front_f32_avx2(const fx_small_idx *T, const float *x, const int64_t *t,
+FX_I(fx_ce_cm8_front_f32)(const fx_small_idx *T, const float *x, const int64_t *t,
                          int64_t ign, fx_cm8_state *st, const int64_t C)
 {
     __m256 xb[FX_CM_CMAX + 8], mx;
     __m256i y32;
-    if (!fx_y32_avx2(t, ign, &y32))
+    if (!FX_I(fx_y32)(t, ign, &y32))
         return 0;
-    if (!fx_cm8_in_f32_avx2(T, x, xb, &mx, C))
+    if (!FX_I(fx_cm8_in_f32)(T, x, xb, &mx, C))
         return 0;
     __m256d R[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
     __m256 ey = _mm256_setzero_ps(), xyf = _mm256_setzero_ps();
     for (int64_t c = 0; c < C; c += 2) {
         __m256 eo = _mm256_setzero_ps();
         for (int64_t k = c; k < c + 2 && k < C; k++) {
-            const __m256 e = fx_v_expf_le0_avx2(_mm256_sub_ps(xb[k], mx));
+            const __m256 e = FX_I(fx_v_expf_le0)(_mm256_sub_ps(xb[k], mx));
             const __m256 isy = _mm256_castsi256_ps(
                 _mm256_cmpeq_epi32(y32, _mm256_set1_epi32((int)k)));
             st->eb[k] = e;
@@ -832,24 +850,24 @@ fx_ce_cm8_front_f32_avx2(const fx_small_idx *T, const float *x, const int64_t *t
     return 1;
 }
 
-/* The second half: fx_ce_end8_avx2 (losses to lp), and with g the gradient
+/* The second half: fx_ce_end8 (losses to lp), and with g the gradient
  * block (e times its row's factor) out, the targets' entries last. */
 static inline __attribute__((always_inline)) FX_TARGET void
-fx_ce_cm8_back_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+FX_I(fx_ce_cm8_back_f32)(const fx_ce_args *A, const fx_small_idx *T,
                         const fx_cm8_state *st, const int64_t *t, const double *gp,
                         double gscalar, double *lp, float *g, const int64_t C)
 {
     __m256d dy[2];
-    const __m256 ksT = fx_ce_end8_avx2(A, st->S, st->R, st->ey, st->sh, st->xy, st->y32,
+    const __m256 ksT = FX_I(fx_ce_end8)(A, st->S, st->R, st->ey, st->sh, st->xy, st->y32,
                                        gp, gscalar, lp, g != NULL, dy);
     if (!g)
         return;
     float dyf[8];
-    _mm256_storeu_ps(dyf, fx_cvt2_avx2(dy[0], dy[1]));
+    _mm256_storeu_ps(dyf, FX_I(fx_cvt2)(dy[0], dy[1]));
     __m256 eb[FX_CM_CMAX + 8];
     for (int64_t c = 0; c < C; c++)
         eb[c] = _mm256_mul_ps(st->eb[c], ksT);
-    fx_cm8_out_f32_avx2(T, eb, g, C);
+    FX_I(fx_cm8_out_f32)(T, eb, g, C);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
 }
@@ -867,7 +885,7 @@ fx_ce_cm8_back_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
  * its own block's rows.  Returns the first block that must go per row (the
  * blocks before it are done), or r1. */
 static inline __attribute__((always_inline)) FX_TARGET int64_t
-fx_ce_cm8_run_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+FX_I(fx_ce_cm8_run_f32)(const fx_ce_args *A, const fx_small_idx *T,
                        const float *x, const int64_t *t, int64_t ign,
                        const double *gp, double gscalar, double *lp, float *g,
                        int64_t i, int64_t r1, const int64_t C)
@@ -877,9 +895,9 @@ fx_ce_cm8_run_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     int64_t pend = -1; /* the block whose second half is due, in st[cur ^ 1] */
     for (;; i += 8) { /* at r1, no front: the last pending back, then return */
         const int ok = i < r1
-                       && fx_ce_cm8_front_f32_avx2(T, x + i * C, t + i, ign, &st[cur], C);
+                       && FX_I(fx_ce_cm8_front_f32)(T, x + i * C, t + i, ign, &st[cur], C);
         if (pend >= 0)
-            fx_ce_cm8_back_f32_avx2(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
+            FX_I(fx_ce_cm8_back_f32)(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
                                     gscalar, lp ? lp + pend : NULL,
                                     g ? g + pend * C : NULL, C);
         if (!ok)
@@ -890,24 +908,24 @@ fx_ce_cm8_run_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
 }
 
 /* softmax (LOG = 0) or log_softmax (LOG = 1) of 8 rows of 2 <= C <=
- * FX_CM_CMAX floats, class-major as fx_ce_cm8_front_f32_avx2: 1 if done, 0 if the
+ * FX_CM_CMAX floats, class-major as fx_ce_cm8_front_f32: 1 if done, 0 if the
  * caller must do them per row (a row with an infinite max or a NaN; nothing
  * written).  The rows' math is fx_softmax_row's and fx_log_softmax_row's: S
  * in float64 (pairs of classes added in float first, as the cross-entropy
  * block), out = e (float)(1 / S), or (x - max) - (float)log S with one
  * vector log for the 8 sums (a scalar log per row cost more than the row). */
 static inline __attribute__((always_inline)) FX_TARGET int
-fx_sm_cm8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
+FX_I(fx_sm_cm8_f32)(const fx_small_idx *T, const float *x, float *o,
                    const int LOG, const int64_t C)
 {
     __m256 xb[FX_CM_CMAX + 8], eb[FX_CM_CMAX + 8], mx;
-    if (!fx_cm8_in_f32_avx2(T, x, xb, &mx, C))
+    if (!FX_I(fx_cm8_in_f32)(T, x, xb, &mx, C))
         return 0;
     __m256d S[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
     for (int64_t c = 0; c < C; c += 2) {
         __m256 es = _mm256_setzero_ps();
         for (int64_t k = c; k < c + 2 && k < C; k++) {
-            eb[k] = fx_v_expf_le0_avx2(_mm256_sub_ps(xb[k], mx));
+            eb[k] = FX_I(fx_v_expf_le0)(_mm256_sub_ps(xb[k], mx));
             es = _mm256_add_ps(es, eb[k]);
         }
         S[0] = _mm256_add_pd(S[0], _mm256_cvtps_pd(_mm256_castps256_ps128(es)));
@@ -917,30 +935,30 @@ fx_sm_cm8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
     if (_mm256_movemask_pd(_mm256_cmp_pd(S[0], S[1], _CMP_UNORD_Q)))
         return 0;
     if (LOG) {
-        const __m256 L = fx_cvt2_avx2(fx_v_log_ge1_avx2(S[0], NULL), fx_v_log_ge1_avx2(S[1], NULL));
+        const __m256 L = FX_I(fx_cvt2)(FX_I(fx_v_log_ge1)(S[0], NULL), FX_I(fx_v_log_ge1)(S[1], NULL));
         for (int64_t c = 0; c < C; c++)
             eb[c] = _mm256_sub_ps(_mm256_sub_ps(xb[c], mx), L);
     } else {
         const __m256d one = _mm256_set1_pd(1.0);
-        const __m256 f = fx_cvt2_avx2(_mm256_div_pd(one, S[0]), _mm256_div_pd(one, S[1]));
+        const __m256 f = FX_I(fx_cvt2)(_mm256_div_pd(one, S[0]), _mm256_div_pd(one, S[1]));
         for (int64_t c = 0; c < C; c++)
             eb[c] = _mm256_mul_ps(eb[c], f);
     }
-    fx_cm8_out_f32_avx2(T, eb, o, C);
+    FX_I(fx_cm8_out_f32)(T, eb, o, C);
     return 1;
 }
 
 /* 8 rows of softmax / log_softmax (LOG): 1 if done, 0 if the caller must do
  * them per row (or C is not one of the compiled class counts) */
 static FX_TARGET int
-fx_sm_block8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
+FX_I(fx_sm_block8_f32)(const fx_small_idx *T, const float *x, float *o,
                       int64_t C, int LOG)
 {
     switch (C) {
 #define FX_SM8(n)                                                            \
     case n:                                                                  \
-        return LOG ? fx_sm_cm8_f32_avx2(T, x, o, 1, n)                       \
-                   : fx_sm_cm8_f32_avx2(T, x, o, 0, n);
+        return LOG ? FX_I(fx_sm_cm8_f32)(T, x, o, 1, n)                       \
+                   : FX_I(fx_sm_cm8_f32)(T, x, o, 0, n);
     FX_SM8(2) FX_SM8(3) FX_SM8(4) FX_SM8(5) FX_SM8(6) FX_SM8(7) FX_SM8(8)
     FX_SM8(9) FX_SM8(10) FX_SM8(11) FX_SM8(12) FX_SM8(13) FX_SM8(14)
     FX_SM8(15) FX_SM8(16)
@@ -957,7 +975,7 @@ fx_sm_block8_f32_avx2(const fx_small_idx *T, const float *x, float *o,
  * element, class-major with C as a variable vs staged: C = 20 1.40 vs 1.40,
  * C = 32 1.37 vs 1.17, C = 50 2.1 vs 1.3). */
 static FX_TARGET int64_t
-fx_ce_run8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
+FX_I(fx_ce_run8_f32)(const fx_ce_args *A, const fx_small_idx *T,
                     const float *x, const int64_t *t, int64_t ign,
                     const double *gp, double gscalar, double *lp, float *g,
                     int64_t i, int64_t r1)
@@ -966,19 +984,22 @@ fx_ce_run8_f32_avx2(const fx_ce_args *A, const fx_small_idx *T,
     switch (C) {
 #define FX_CM8(n)                                                            \
     case n:                                                                  \
-        return fx_ce_cm8_run_f32_avx2(A, T, x, t, ign, gp, gscalar, lp, g, i, r1, n);
+        return FX_I(fx_ce_cm8_run_f32)(A, T, x, t, ign, gp, gscalar, lp, g, i, r1, n);
     FX_CM8(2) FX_CM8(3) FX_CM8(4) FX_CM8(5) FX_CM8(6) FX_CM8(7) FX_CM8(8)
     FX_CM8(9) FX_CM8(10) FX_CM8(11) FX_CM8(12) FX_CM8(13) FX_CM8(14)
     FX_CM8(15) FX_CM8(16)
 #undef FX_CM8
     default:
         for (; i < r1; i += 8)
-            if (!fx_ce_small8_f32_avx2(A, T, x + i * C, t + i, ign, gp ? gp + i : NULL,
+            if (!FX_I(fx_ce_small8_f32)(A, T, x + i * C, t + i, ign, gp ? gp + i : NULL,
                                        gscalar, lp ? lp + i : NULL, g ? g + i * C : NULL))
                 return i;
         return i;
     }
 }
+#if FX_ISA_IS_AVX512
+#include "_kernels_avx512.h"
+#endif
 #endif /* FX_ISA_IS_AVX2 */
 
 /* ------------------------------------------ binary cross-entropy, float32
@@ -1153,16 +1174,22 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #define FX_TS f32
 #define FX_EXPT FX_I(fx_expf_le0)
 #define FX_FMAT FX_FMAF
+#if FX_ISA_IS_AVX512
+#define FX_SMALL8 fx_ce_run16_f32_avx512
+#define FX_SM16 fx_sm_block16_f32_avx512
+#elif FX_ISA_IS_AVX2
+#define FX_SMALL8 FX_I(fx_ce_run8_f32)
+#endif
 #if FX_ISA_IS_AVX2
-#define FX_SMALL8 fx_ce_run8_f32_avx2
-#define FX_SM8 fx_sm_block8_f32_avx2
-#define FX_SUMEXP_V fx_sumexp_f32v_avx2
+#define FX_SM8 FX_I(fx_sm_block8_f32)
+#define FX_SUMEXP_V FX_I(fx_sumexp_f32v)
 #endif
 #define FX_STREAMT FX_I(fx_stream_f32)
 #include "_kernels_rows.h"
 #undef FX_STREAMT
 #undef FX_SMALL8
 #undef FX_SM8
+#undef FX_SM16
 #undef FX_SUMEXP_V
 #undef FX_T
 #undef FX_TS
@@ -1175,7 +1202,7 @@ FX_I(fx_bcel_block_f32v)(const float *x, const float *y, const float *w,
 #define FX_FMAT FX_FMA
 #define FX_STREAMT FX_I(fx_stream_f64)
 #if FX_ISA_IS_AVX2
-#define FX_SUMEXP_V fx_sumexp_f64v_avx2
+#define FX_SUMEXP_V FX_I(fx_sumexp_f64v)
 #endif
 #include "_kernels_rows.h"
 #undef FX_SUMEXP_V

@@ -336,7 +336,7 @@ FX_N(fx_ce_rows)(const fx_ce_args *A, const FX_T *x, const int64_t *t,
     if (A->softcap == 0.0 && A->eps == 0.0 && C >= 2 && C <= FX_SMALL_CMAX
         && r1 - r0 >= 8) {
         fx_small_idx T;
-        fx_small_idx_init_avx2(&T, C);
+        FX_I(fx_small_idx_init)(&T, C);
         const int64_t rb = r0 + ((r1 - r0) & ~(int64_t)7); /* whole blocks */
         while (i < rb) {
             i = FX_SMALL8(A, &T, x, t, ign, gp, gscalar, lp, g, i, rb);
@@ -574,6 +574,16 @@ FX_INL void FX_N(fx_sm_row)(const FX_T *x, FX_T *out, int64_t C,
 }
 
 #ifdef FX_SM8
+/* the 8 rows at row i: one few-class block, or per row if it declines */
+FX_INL void FX_N(fx_sm_block8_or_rows)(const fx_small_idx *T, const FX_T *x, FX_T *out,
+                                       int64_t C, int64_t i, const int LOG)
+{
+    if (FX_SM8(T, x + i * C, out + i * C, C, LOG))
+        return;
+    for (int64_t k = i; k < i + 8; k++)
+        FX_N(fx_sm_row)(x + k * C, out + k * C, C, x + k * C, LOG);
+}
+
 /* rows [r0, r1) of softmax (log_softmax with LOG) 8 at a time while C has a
  * few-class block (FX_SM8), a block it declines per row; returns the first
  * row left to the caller */
@@ -584,13 +594,18 @@ FX_INL int64_t FX_N(fx_sm_rows8)(const FX_T *x, FX_T *out, int64_t C,
     if (C < 2 || C > FX_CM_CMAX || r1 - r0 < 8)
         return i;
     fx_small_idx T;
-    fx_small_idx_init_avx2(&T, C);
-    for (; i + 8 <= r1; i += 8) {
-        if (FX_SM8(&T, x + i * C, out + i * C, C, LOG))
+    FX_I(fx_small_idx_init)(&T, C);
+#ifdef FX_SM16
+    /* 16 rows at once first; 16 that cannot go whole go as two blocks of 8 */
+    for (; i + 16 <= r1; i += 16) {
+        if (FX_SM16(x + i * C, out + i * C, C, LOG))
             continue;
-        for (int64_t k = i; k < i + 8; k++)
-            FX_N(fx_sm_row)(x + k * C, out + k * C, C, x + k * C, LOG);
+        for (int64_t h = i; h < i + 16; h += 8)
+            FX_N(fx_sm_block8_or_rows)(&T, x, out, C, h, LOG);
     }
+#endif
+    for (; i + 8 <= r1; i += 8)
+        FX_N(fx_sm_block8_or_rows)(&T, x, out, C, i, LOG);
     return i;
 }
 #endif

@@ -2,13 +2,16 @@
  *
  * The per-row math lives here as plain C so that gcc vectorises it
  * (`#pragma omp simd` reductions, an inlined polynomial exp).  It is compiled
- * twice from the same templates (_kernels_isa.h -> _kernels_rows.h): a
+ * three times from the same templates (_kernels_isa.h -> _kernels_rows.h): a
  * baseline build (x86-64: SSE2) and, on x86 with GCC/Clang, an
- * `__attribute__((target("avx2,fma")))` build.  fx_init() picks one at import
- * with __builtin_cpu_supports and fills the function-pointer table fx_k; the
- * names the .pyx calls (fx_ce_row_f32, ...) are macros over that table.  No
- * -march=native: the extension runs on any x86-64 and uses AVX2+FMA where the
- * CPU (and OS) support them.
+ * `__attribute__((target("avx2,fma")))` build and an AVX-512 (F, VL, DQ, BW)
+ * one, which adds 16-row few-class blocks (_kernels_avx512.h) and a vscalef
+ * in the vector exps, giving the same results as the AVX2 build bit for bit.
+ * fx_select() picks one at import with __builtin_cpu_supports (which also
+ * asks the OS, by xgetbv, whether it saves the vector state) and fills the
+ * function-pointer table fx_k; the names the .pyx calls (fx_ce_row_f32, ...)
+ * are macros over that table.  No -march=native: the extension runs on any
+ * x86-64 and uses AVX2+FMA or AVX-512 where the CPU (and OS) support them.
  */
 #ifndef FASTXENT_KERNELS_SIMD_H
 #define FASTXENT_KERNELS_SIMD_H
@@ -48,6 +51,7 @@ static inline void fx_sfence(void)
 /* ---- baseline build */
 #define FX_ISA base
 #define FX_ISA_IS_AVX2 0
+#define FX_ISA_IS_AVX512 0
 #define FX_TARGET
 #define FX_FMAF(a, b, c) ((a) * (b) + (c))
 #define FX_FMA(a, b, c) ((a) * (b) + (c))
@@ -62,6 +66,7 @@ static inline void fx_sfence(void)
 #undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
+#undef FX_ISA_IS_AVX512
 #undef FX_TARGET
 #undef FX_FMAF
 #undef FX_FMA
@@ -70,6 +75,7 @@ static inline void fx_sfence(void)
 #if FX_HAVE_AVX2_BUILD
 #define FX_ISA avx2
 #define FX_ISA_IS_AVX2 1
+#define FX_ISA_IS_AVX512 0
 #define FX_TARGET __attribute__((target("avx2,fma")))
 #define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
@@ -84,6 +90,30 @@ static inline void fx_sfence(void)
 #undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
+#undef FX_ISA_IS_AVX512
+#undef FX_TARGET
+#undef FX_FMAF
+#undef FX_FMA
+
+/* ---- AVX-512 build: the AVX2 code (EVEX encoded) and the 16-row blocks */
+#define FX_ISA avx512
+#define FX_ISA_IS_AVX2 1
+#define FX_ISA_IS_AVX512 1
+#define FX_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")))
+#define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
+#define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#define FX_STREAM_ALIGN 32
+#define FX_STREAM_W 8
+#define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
+#define FX_STREAM_STORE_PD(d, s) _mm256_stream_pd((d), _mm256_loadu_pd(s))
+#include "_kernels_isa.h"
+#undef FX_STREAM_ALIGN
+#undef FX_STREAM_W
+#undef FX_STREAM_STORE
+#undef FX_STREAM_STORE_PD
+#undef FX_ISA
+#undef FX_ISA_IS_AVX2
+#undef FX_ISA_IS_AVX512
 #undef FX_TARGET
 #undef FX_FMAF
 #undef FX_FMA
@@ -130,6 +160,8 @@ __attribute__((target("avx2,fma"))) static double fx_exp_call_avx2(double x)
 {
     return fx_exp_avx2(x);
 }
+FX_Z_TARGET static float fx_expf_call_avx512(float x) { return fx_expf_avx512(x); }
+FX_Z_TARGET static double fx_exp_call_avx512(double x) { return fx_exp_avx512(x); }
 #endif
 
 #define FX_FILL(tab, TS, ISA)                                                \
@@ -167,19 +199,37 @@ static int fx_cpu_has_avx2(void)
 #endif
 }
 
-/* Select the kernels: want_avx2 = 1 if the CPU has it (0 forces baseline).
- * Returns the ISA name in use. */
-static const char *fx_select(int want_avx2)
+static int fx_cpu_has_avx512(void)
 {
 #if FX_HAVE_AVX2_BUILD
-    if (want_avx2 && fx_cpu_has_avx2()) {
+    __builtin_cpu_init();
+    return fx_cpu_has_avx2() && __builtin_cpu_supports("avx512f")
+           && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+           && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
+/* Select the kernels: level 0 baseline, 1 AVX2+FMA, 2 AVX-512, each only
+ * if the CPU has it (else the next one down).  Returns the ISA name in use. */
+static const char *fx_select(int level)
+{
+#if FX_HAVE_AVX2_BUILD
+    if (level >= 2 && fx_cpu_has_avx512()) {
+        FX_FILL(fx_k, f32, avx512)
+        FX_FILL(fx_k, f64, avx512)
+        fx_k.isa = "avx512";
+        return fx_k.isa;
+    }
+    if (level >= 1 && fx_cpu_has_avx2()) {
         FX_FILL(fx_k, f32, avx2)
         FX_FILL(fx_k, f64, avx2)
         fx_k.isa = "avx2+fma";
         return fx_k.isa;
     }
 #endif
-    (void)want_avx2;
+    (void)level;
     FX_FILL(fx_k, f32, base)
     FX_FILL(fx_k, f64, base)
     fx_k.isa = FX_BASE_NAME;

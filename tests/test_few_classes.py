@@ -1,7 +1,8 @@
 """Few-class rows (C <= 64): the compiled kernels take them 8 rows at a time
 (Cython: class-major blocks compiled for each C up to 16, gathered below 4
-and transposed from 4, staged row blocks above 16; Numba: transposed
-blocks), a different code path from long rows.  Checked against the float64
+and transposed from 4, staged row blocks above 16, and with AVX-512 16-row
+class-major blocks first; Numba: transposed blocks), a different code path
+from long rows.  Cython is checked on each instruction set this CPU has.  Checked against the float64
 oracle with special rows landing inside blocks, a partial last block, every
 loss option the block path takes, per-row grad_output and in-place output;
 softmax and log_softmax the same way (Cython's class-major blocks)."""
@@ -13,6 +14,7 @@ import pytest
 
 import fastxent
 import _oracle as O
+from conftest import skip_unless_available
 
 CS = list(range(2, 18)) + [20, 33, 64]  # every compiled class count and beyond
 
@@ -39,6 +41,10 @@ def _logits(C, dtype, rng):
 @pytest.mark.parametrize("C", CS)
 @pytest.mark.parametrize("opts", ["plain", "weight", "zloss", "ignore"])
 def test_few_classes_against_oracle(backend, C, dtype, opts):
+    _check_ce_against_oracle(backend, C, dtype, opts)
+
+
+def _check_ce_against_oracle(backend, C, dtype, opts):
     rng = np.random.default_rng(C)
     x, t = _logits(C, dtype, rng)
     kw = {}
@@ -71,9 +77,13 @@ def test_few_classes_against_oracle(backend, C, dtype, opts):
 @pytest.mark.parametrize("C", CS)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_few_classes_softmax_against_oracle(backend, C, dtype, name):
-    # Cython takes float32 rows 8 at a time up to 16 classes (class-major
-    # blocks, one vector log for log_softmax); the special rows fall back to
-    # the per-row code from inside a block
+    # Cython takes float32 rows 8 (16 with AVX-512) at a time up to 16
+    # classes (class-major blocks, one vector log for log_softmax); the
+    # special rows fall back to the per-row code from inside a block
+    _check_softmax_against_oracle(backend, C, dtype, name)
+
+
+def _check_softmax_against_oracle(backend, C, dtype, name):
     rng = np.random.default_rng(100 + C)
     x, _ = _logits(C, dtype, rng)
     f = getattr(fastxent, name)
@@ -111,3 +121,79 @@ def test_float64_confident_target_gradient(backend, C, opts):
     _, g = fastxent.cross_entropy_with_grad(x, t, reduction="sum", backend=backend, **opts)
     _, eg = O.cross_entropy(x, t, reduction="sum", **opts)
     O.assert_grad_close(g, eg, O.grad_tol(np.float64))
+
+
+@pytest.fixture(params=["baseline", "avx2", "avx512"])
+def cython_isa(request):
+    """The Cython kernels forced to one instruction set (skipped where the CPU
+    lacks it): the default, the best one, is what ``backend`` tests."""
+    skip_unless_available("cython")
+    from fastxent import _kernels
+
+    if request.param not in _kernels._simd_levels():
+        pytest.skip("this CPU has no %s" % request.param)
+    assert _kernels._set_simd_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _kernels._set_simd_isa("best")
+
+
+@pytest.mark.parametrize("C", CS)
+@pytest.mark.parametrize("opts", ["plain", "weight", "zloss", "ignore"])
+def test_few_classes_each_isa_against_oracle(cython_isa, C, opts):
+    _check_ce_against_oracle("cython", C, np.float32, opts)
+
+
+@pytest.mark.parametrize("C", CS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_few_classes_softmax_each_isa_against_oracle(cython_isa, C, name):
+    _check_softmax_against_oracle("cython", C, np.float32, name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("C", list(range(2, 18)) + [33])
+def test_few_classes_avx512_blocks_match_avx2_bit_for_bit(C, threads):
+    # The 16-row AVX-512 blocks do lane for lane what the 8-row AVX2 blocks
+    # do, so every output bit agrees: many blocks in a row (the pipelined
+    # run), blocks that cannot go whole (an ignored row, NaN, an infinite
+    # row) in different places, a per-thread split that is no multiple of 16
+    skip_unless_available("cython")
+    from fastxent import _kernels
+
+    if "avx512" not in _kernels._simd_levels():
+        pytest.skip("this CPU has no avx512")
+    rng = np.random.default_rng(1000 + C)
+    R = 16 * 1100 + 8 + 5  # >= 32768 elements at C = 2: two threads run
+    x = (3 * rng.standard_normal((R, C))).astype(np.float32)
+    x[35, 0] = np.nan
+    x[70, :] = -np.inf
+    x[101, C - 1] = np.inf
+    x[140, : max(1, C // 2)] = -np.inf
+    t = rng.integers(0, C, R)
+    x[8806, 0] = np.nan  # about where two threads split the rows
+    t[[50, 123, R - 1]] = -100
+    w = rng.uniform(0.0, 2.0, C).astype(np.float32)
+    gout = rng.uniform(-2.0, 2.0, R)
+    calls = [
+        lambda: fastxent.cross_entropy_with_grad(x, t, reduction="none", backend="cython"),
+        lambda: fastxent.cross_entropy_with_grad(x, t, reduction="none", grad_output=gout,
+                                                 weight=w, z_loss=0.01, backend="cython"),
+        lambda: (fastxent.cross_entropy(x, t, reduction="none", weight=w, backend="cython"),),
+        lambda: (fastxent.softmax(x, backend="cython"),),
+        lambda: (fastxent.log_softmax(x, backend="cython"),),
+    ]
+    old = fastxent.get_num_threads()
+    fastxent.set_num_threads(threads)
+    try:
+        got = {}
+        for isa in ("avx2", "avx512"):
+            _kernels._set_simd_isa(isa)
+            got[isa] = [[np.asarray(a).view(np.uint32 if a.dtype == np.float32 else np.uint64)
+                         for a in f()] for f in calls]
+    finally:
+        _kernels._set_simd_isa("best")
+        fastxent.set_num_threads(old)
+    for i, (a, b) in enumerate(zip(got["avx2"], got["avx512"])):
+        for j, (u, v) in enumerate(zip(a, b)):
+            np.testing.assert_array_equal(u, v, err_msg="call %d output %d" % (i, j))
