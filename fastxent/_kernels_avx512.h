@@ -29,25 +29,6 @@
 #define FX_Z_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")))
 #define FX_ZI static inline __attribute__((always_inline)) FX_Z_TARGET
 
-/* fx_v_expf_le0 on 16 lanes (the same operations, so the same results) */
-FX_ZI __m512 fx_v16_expf_le0_avx512(__m512 x)
-{
-    const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* NaN: x */
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    const __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), magic);
-    const __m512 n = _mm512_sub_ps(t, magic);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), xc);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    const __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(FX_E32_C3), r, _mm512_set1_ps(FX_E32_C2));
-    __m512 b = _mm512_fmadd_ps(_mm512_set1_ps(FX_E32_C5), r, _mm512_set1_ps(FX_E32_C4));
-    b = _mm512_fmadd_ps(_mm512_set1_ps(FX_E32_C6), r2, b);
-    const __m512 q = _mm512_fmadd_ps(b, r2, a);
-    __m512 p = _mm512_fmadd_ps(q, r2, r);
-    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* fx_v_log_ge1 on 8 lanes (the same operations, so the same results) */
 FX_ZI __m512d fx_v8_log_ge1_avx512(__m512d s, __m512d *inv)
 {
