@@ -141,19 +141,19 @@ def cython_isa(request):
 
 @pytest.mark.parametrize("C", CS)
 @pytest.mark.parametrize("opts", ["plain", "weight", "zloss", "ignore"])
-def test_few_classes_each_isa_against_oracle(cython_isa, C, opts):
+def test_cython_few_classes_each_isa_against_oracle(cython_isa, C, opts):
     _check_ce_against_oracle("cython", C, np.float32, opts)
 
 
 @pytest.mark.parametrize("C", CS)
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_few_classes_softmax_each_isa_against_oracle(cython_isa, C, name):
+def test_cython_few_classes_softmax_each_isa_against_oracle(cython_isa, C, name):
     _check_softmax_against_oracle("cython", C, np.float32, name)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("C", list(range(2, 18)) + [33])
-def test_few_classes_avx512_blocks_match_avx2_bit_for_bit(C, threads):
+def test_cython_avx512_blocks_match_avx2_bit_for_bit(C, threads):
     # The 16-row AVX-512 blocks do lane for lane what the 8-row AVX2 blocks
     # do, so every output bit agrees: many blocks in a row (the pipelined
     # run), blocks that cannot go whole (an ignored row, NaN, an infinite
