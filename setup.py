@@ -11,6 +11,7 @@ Set ``FASTXENT_NO_OPENMP=1`` to build without OpenMP, ``FASTXENT_REQUIRE_EXT=1``
 to make a failed extension build an error instead of a warning.
 """
 
+import glob
 import os
 import sys
 
@@ -59,6 +60,7 @@ def extensions():
     ext = Extension(
         "fastxent._kernels",
         ["fastxent/_kernels.pyx"],
+        depends=sorted(glob.glob("fastxent/*.h")),  # rebuild when a header changes
         include_dirs=[numpy.get_include(), "fastxent"],
         extra_compile_args=COMPILE_ARGS + OPENMP,
         extra_link_args=OPENMP,

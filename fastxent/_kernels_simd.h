@@ -6,7 +6,8 @@
  * baseline build (x86-64: SSE2) and, on x86 with GCC/Clang, an
  * `__attribute__((target("avx2,fma")))` build and an AVX-512 (F, VL, DQ, BW)
  * one, which adds 16-row few-class blocks (_kernels_avx512.h) and a vscalef
- * in the vector exps, giving the same results as the AVX2 build bit for bit.
+ * in the vector exps: the same float32 results as the AVX2 build bit for bit
+ * (float64 rows' compiler-vectorised sums may differ in the last bits).
  * fx_select() picks one at import with __builtin_cpu_supports (which also
  * asks the OS, by xgetbv, whether it saves the vector state) and fills the
  * function-pointer table fx_k; the names the .pyx calls (fx_ce_row_f32, ...)
