@@ -72,50 +72,40 @@ static inline void fx_sfence(void)
 #undef FX_FMAF
 #undef FX_FMA
 
-/* ---- AVX2 + FMA build */
+/* ---- AVX2 + FMA build, then the AVX-512 build (the AVX2 code EVEX encoded,
+ * and the 16-row blocks); what differs between the two is the ISA macros */
 #if FX_HAVE_AVX2_BUILD
+#define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
+#define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#define FX_STREAM_ALIGN 32
+#define FX_STREAM_W 8
+#define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
+#define FX_STREAM_STORE_PD(d, s) _mm256_stream_pd((d), _mm256_loadu_pd(s))
+
 #define FX_ISA avx2
 #define FX_ISA_IS_AVX2 1
 #define FX_ISA_IS_AVX512 0
 #define FX_TARGET __attribute__((target("avx2,fma")))
-#define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
-#define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
-#define FX_STREAM_ALIGN 32
-#define FX_STREAM_W 8
-#define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
-#define FX_STREAM_STORE_PD(d, s) _mm256_stream_pd((d), _mm256_loadu_pd(s))
 #include "_kernels_isa.h"
-#undef FX_STREAM_ALIGN
-#undef FX_STREAM_W
-#undef FX_STREAM_STORE
-#undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
 #undef FX_ISA_IS_AVX512
 #undef FX_TARGET
-#undef FX_FMAF
-#undef FX_FMA
 
-/* ---- AVX-512 build: the AVX2 code (EVEX encoded) and the 16-row blocks */
 #define FX_ISA avx512
 #define FX_ISA_IS_AVX2 1
 #define FX_ISA_IS_AVX512 1
 #define FX_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")))
-#define FX_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
-#define FX_FMA(a, b, c) __builtin_fma((a), (b), (c))
-#define FX_STREAM_ALIGN 32
-#define FX_STREAM_W 8
-#define FX_STREAM_STORE(d, s) _mm256_stream_ps((d), _mm256_loadu_ps(s))
-#define FX_STREAM_STORE_PD(d, s) _mm256_stream_pd((d), _mm256_loadu_pd(s))
 #include "_kernels_isa.h"
-#undef FX_STREAM_ALIGN
-#undef FX_STREAM_W
-#undef FX_STREAM_STORE
-#undef FX_STREAM_STORE_PD
 #undef FX_ISA
 #undef FX_ISA_IS_AVX2
 #undef FX_ISA_IS_AVX512
 #undef FX_TARGET
+
+#undef FX_STREAM_ALIGN
+#undef FX_STREAM_W
+#undef FX_STREAM_STORE
+#undef FX_STREAM_STORE_PD
 #undef FX_FMAF
 #undef FX_FMA
 #endif
