@@ -32,6 +32,7 @@ of C doubles (allocated by its chunk function) holding ``s * tanh(x / s)``.
 """
 
 cimport numpy as cnp
+import os
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc, calloc
@@ -112,7 +113,15 @@ cdef int64_t _MIN_WORK_PER_THREAD = 16384
 # ``_set_stream_bytes(16 << 20)`` turns it on for measuring elsewhere.
 cdef int64_t _STREAM_BYTES = <int64_t>1 << 62
 
-fx_select(2)
+# The instruction set: the highest the CPU has, unless FASTXENT_SIMD caps it
+# ("baseline", "avx2", "avx512" or "best"): to compare them, or to keep
+# 512-bit vectors off a CPU that lowers its clock for them.
+_ISA_LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2, "best": 2}
+_simd_env = os.environ.get("FASTXENT_SIMD", "best").strip().lower() or "best"
+if _simd_env not in _ISA_LEVELS:
+    raise ValueError("FASTXENT_SIMD=%r is not one of %s"
+                     % (os.environ["FASTXENT_SIMD"], ", ".join(sorted(_ISA_LEVELS))))
+fx_select(_ISA_LEVELS[_simd_env])
 cnp.import_array()
 
 
@@ -138,9 +147,6 @@ def simd_isa():
     """The instruction set the kernels run on here: ``"avx512"``, ``"avx2+fma"``
     or the baseline (``"sse2"`` on x86-64)."""
     return fx_isa().decode()
-
-
-_ISA_LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2, "best": 2}
 
 
 def _simd_levels():

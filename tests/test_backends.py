@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastxent
+from conftest import skip_unless_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_python(code, **env):
     """Run ``code`` in a fresh interpreter (cwd = repo root) and return its stdout."""
     full_env = dict(os.environ)
-    for k in ("FASTXENT_BACKEND", "FASTXENT_NUM_THREADS"):
+    for k in ("FASTXENT_BACKEND", "FASTXENT_NUM_THREADS", "FASTXENT_SIMD"):
         full_env.pop(k, None)
     full_env.update(env)
     proc = subprocess.run(
@@ -233,3 +235,39 @@ def test_public_layer_passes_kernels_python_scalars(monkeypatch):
     for name, types in seen:
         assert all(ty is (int if p == "ignore_index" else float)
                    for p, ty in types.items()), (name, types)
+
+
+@pytest.mark.parametrize("level, isa", [("baseline", "sse2"), ("avx2", "avx2+fma"),
+                                        ("avx512", "avx512"), ("AVX2", "avx2+fma")])
+def test_fastxent_simd_caps_the_cython_instruction_set(level, isa):
+    skip_unless_available("cython")
+    from fastxent import _kernels
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 ISA names")
+    if level.lower() not in _kernels._simd_levels():
+        pytest.skip("this CPU has no %s" % level)
+    code = """
+        import numpy as np, fastxent
+        print(fastxent.backends()["cython"]["isa"])
+        x = np.linspace(-3, 3, 40 * 10, dtype=np.float32).reshape(40, 10)
+        t = np.arange(40) % 10
+        print(repr(float(fastxent.cross_entropy(x, t, backend="cython"))))
+    """
+    got_isa, loss = run_python(code, FASTXENT_SIMD=level).splitlines()
+    assert got_isa == isa
+    # the same loss as this process's (best) kernels, within SPEC's float32 tolerance
+    x = np.linspace(-3, 3, 40 * 10, dtype=np.float32).reshape(40, 10)
+    t = np.arange(40) % 10
+    expected = float(fastxent.cross_entropy(x.astype(np.float64), t, backend="numpy"))
+    assert abs(float(loss) - expected) <= 1e-6 * max(1.0, abs(expected))
+
+
+def test_fastxent_simd_unknown_value_makes_cython_unavailable_with_the_reason():
+    skip_unless_available("cython")
+    out = run_python("""
+        import fastxent
+        info = fastxent.backends()["cython"]
+        print(info["available"], info["reason"])
+    """, FASTXENT_SIMD="avx1024")
+    assert out.startswith("False ") and "FASTXENT_SIMD='avx1024'" in out, out
