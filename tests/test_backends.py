@@ -17,14 +17,17 @@ from conftest import skip_unless_available
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(code, **env):
-    """Run ``code`` in a fresh interpreter (cwd = repo root) and return its stdout."""
+def run_python(code, cwd=ROOT, **env):
+    """Run ``code`` in a fresh interpreter (cwd = repo root unless given) and
+    return its stdout.  From the repo root ``import fastxent`` takes the
+    source tree, which has no compiled extension in a clean checkout: tests
+    of the installed Cython backend run elsewhere."""
     full_env = dict(os.environ)
     for k in ("FASTXENT_BACKEND", "FASTXENT_NUM_THREADS", "FASTXENT_SIMD"):
         full_env.pop(k, None)
     full_env.update(env)
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -239,7 +242,7 @@ def test_public_layer_passes_kernels_python_scalars(monkeypatch):
 
 @pytest.mark.parametrize("level, isa", [("baseline", "sse2"), ("avx2", "avx2+fma"),
                                         ("avx512", "avx512"), ("AVX2", "avx2+fma")])
-def test_fastxent_simd_caps_the_cython_instruction_set(level, isa):
+def test_fastxent_simd_caps_the_cython_instruction_set(level, isa, tmp_path):
     skip_unless_available("cython")
     from fastxent import _kernels
 
@@ -254,7 +257,7 @@ def test_fastxent_simd_caps_the_cython_instruction_set(level, isa):
         t = np.arange(40) % 10
         print(repr(float(fastxent.cross_entropy(x, t, backend="cython"))))
     """
-    got_isa, loss = run_python(code, FASTXENT_SIMD=level).splitlines()
+    got_isa, loss = run_python(code, cwd=str(tmp_path), FASTXENT_SIMD=level).splitlines()
     assert got_isa == isa
     # the same loss as this process's (best) kernels, within SPEC's float32 tolerance
     x = np.linspace(-3, 3, 40 * 10, dtype=np.float32).reshape(40, 10)
@@ -263,11 +266,11 @@ def test_fastxent_simd_caps_the_cython_instruction_set(level, isa):
     assert abs(float(loss) - expected) <= 1e-6 * max(1.0, abs(expected))
 
 
-def test_fastxent_simd_unknown_value_makes_cython_unavailable_with_the_reason():
+def test_fastxent_simd_unknown_value_makes_cython_unavailable_with_the_reason(tmp_path):
     skip_unless_available("cython")
     out = run_python("""
         import fastxent
         info = fastxent.backends()["cython"]
         print(info["available"], info["reason"])
-    """, FASTXENT_SIMD="avx1024")
+    """, cwd=str(tmp_path), FASTXENT_SIMD="avx1024")
     assert out.startswith("False ") and "FASTXENT_SIMD='avx1024'" in out, out
