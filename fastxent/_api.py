@@ -571,7 +571,7 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
     reduction = _reduction(reduction)
     shape = x.shape
     try:
-        if np.broadcast_shapes(shape, y.shape) != shape:
+        if y.shape != shape and np.broadcast_shapes(shape, y.shape) != shape:
             raise ValueError
     except ValueError:
         raise ValueError(
@@ -653,7 +653,7 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
         if loss.ndim == 0:
             loss = loss[()]
     else:
-        loss = cdt.type(np.sum(partial))
+        loss = cdt.type(_total(partial))
     if not want_grad:
         return loss
     if copy_back:
