@@ -19,8 +19,9 @@
  * at 2 vector multiply-adds a cycle: most likely they were bound by the
  * out-of-order window (a block is ~800 instructions; no performance
  * counters in that VM to confirm it), and a 512-bit operation does 16 lanes
- * for one instruction, so twice the rows fit in the window.  C harness, 1 thread, (262144, C) float32 fused loss and gradient,
- * medians of 21, ns per element, 8-row AVX2 -> 16-row AVX-512: C = 3 2.62 ->
+ * for one instruction, so twice the rows fit in the window.  C harness, 1
+ * thread, (262144, C) float32 fused loss and gradient, medians of 21, ns
+ * per element, 8-row AVX2 -> 16-row AVX-512: C = 3 2.62 ->
  * 1.30; C = 4 1.30 -> 1.03; C = 7 1.15 -> 0.83; C = 10 0.94 -> 0.74; C = 16
  * 0.86 -> 0.84; loss only at C = 10 0.80 -> 0.57.  Masked 128-bit loads and
  * stores measured faster than plain ones where the mask is full (C = 10
