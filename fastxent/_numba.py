@@ -85,7 +85,7 @@ _FLAT_C = 64
 _FLAT_ELEMENTS = 2048
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
-_scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _get_thread_id = None
+_scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
 _f64_bits = _bits_f64 = None
 prange = range
@@ -740,6 +740,35 @@ def _flat_rows(C, n):
     return max(8, min((_FLAT_ELEMENTS // C) & -8, (n + 7) & -8))
 
 
+def _flat_prefetch(A, a0, a1, c, write):
+    """Prefetch the ``c``-th of ``C = A.shape[1]`` parts of rows ``a0:a1`` of
+    ``A`` (for writing if ``write``), a cache line at a time.  Called once per
+    class in a block's exp loop, for the next block's rows and this block's
+    output rows, it spreads their prefetches over the time the exps take.
+    Why: the transposes in and out of the class-major scratch (``_flat_in``,
+    ``_flat_out``) only load or store, so a block's rows used to come from
+    memory while nothing else ran (perf, cpu-clock samples, float32 (262144,
+    10) fused, 1 thread: the two transposes held 53% of the kernel's samples
+    from memory, 28% with 8192 rows in cache).  Measured (3 alternating
+    runs of separate processes, min of 25 calls, ms, without -> with): fused
+    1 thread 4.75-5.28 -> 3.97-4.13, 2 threads 2.19-2.48 -> 2.16-2.34;
+    log_softmax 1 thread 3.02-3.46 -> 2.64-2.68, 2 threads level; softmax
+    (too little work per block to hide them) 2 threads 1.07-1.09 -> 1.29-1.48,
+    so it does not prefetch.  Issued all at once after a block's transpose
+    in, the same prefetches gained nothing."""
+    C = A.shape[1]
+    step = 64 // A.itemsize
+    n = (a1 - a0) * C
+    i0 = a0 * C + (n * c // C) // step * step
+    i1 = a0 * C + n * (c + 1) // C
+    if write:
+        for i in range(i0, i1, step):
+            _prefetchw(A, i)
+    else:
+        for i in range(i0, i1, step):
+            _prefetch(A, i)
+
+
 def _flat_in(Xb, T, shb):
     """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
     ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
@@ -825,9 +854,13 @@ def _softmax_flat(X, out, log, r0, r1):
             m = shb[j]
             shb[j] = m if np.isfinite(m) else zero
             sb[j] = _NAN if m == _INF else 0.0  # a +inf row: NaN
+        q1 = min(r1, q0 + nr + RB)  # the next block's rows
         for c in range(C):
             for j in range(nr):
                 E[c, j] = _exp(T[c, j] - shb[j])
+            if log:  # as _ce_int_flat; softmax measured slower with it
+                _flat_prefetch(X, q0 + nr, q1, c, False)
+                _flat_prefetch(out, q0, q0 + nr, c, True)
         for c in range(C):
             for j in range(nr):
                 sb[j] += np.float64(E[c, j])
@@ -908,6 +941,10 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         Xb = X[q0:q0 + nr]
         tgt = target[q0:q0 + nr]
         tiled = _flat_in(Xb, T, shb)
+        # memory: the next block's rows and this block's gradient rows,
+        # prefetched a C-th at a time during the exps (see _flat_prefetch)
+        q1 = min(r1, q0 + nr + RB)
+        nw = nr if do_grad else 0
         for j in range(nr):
             m = shb[j]
             shb[j] = m if np.isfinite(m) else zero
@@ -932,6 +969,8 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         for c in range(C):
             for j in range(nr):
                 T[c, j] = _exp(T[c, j] - shb[j])
+            _flat_prefetch(X, q0 + nr, q1, c, False)
+            _flat_prefetch(grad_out, q0, q0 + nw, c, True)
         # e_y apart, then zeroed in T: R = sum_{c != y} e_c by a plain sum
         # (the gradient's target entry is written last, from e_y)
         for j in range(nr):
@@ -1336,6 +1375,7 @@ _SERIAL = {
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
+    "_flat_prefetch": None,
     "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
@@ -1407,25 +1447,30 @@ def _jit_all():
 
     g["_fmax"] = _fmax
 
-    @intrinsic
-    def _prefetch(typingctx, arr, idx):
-        # llvm.prefetch(&arr[idx], read, high locality, data cache): a hint,
-        # never a fault, and only ever given indices inside arr
-        sig = types.void(arr, idx)
+    def prefetch(rw):
+        # llvm.prefetch(&arr[idx], rw (0 read, 1 write), high locality, data
+        # cache): a hint, never a fault, and only ever given indices inside
+        # arr (a flat index from its first element for a 2-D C array)
+        @intrinsic
+        def impl(typingctx, arr, idx):
+            sig = types.void(arr, idx)
 
-        def codegen(context, builder, sig, args):
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fn = builder.module.declare_intrinsic(
-                "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
-            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
+            def codegen(context, builder, sig, args):
+                ary = context.make_array(sig.args[0])(context, builder, args[0])
+                i8p = ir.IntType(8).as_pointer()
+                i32 = ir.IntType(32)
+                fn = builder.module.declare_intrinsic(
+                    "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+                ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+                builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                return context.get_dummy_value()
 
-        return sig, codegen
+            return sig, codegen
 
-    g["_prefetch"] = _prefetch
+        return impl
+
+    g["_prefetch"] = prefetch(0)
+    g["_prefetchw"] = prefetch(1)
 
     def tile_width(ty):
         # the transposed tile's side: 8 float32 or 4 float64 (one AVX vector)
