@@ -197,3 +197,32 @@ def test_cython_avx512_blocks_match_avx2_bit_for_bit(C, threads):
     for i, (a, b) in enumerate(zip(got["avx2"], got["avx512"])):
         for j, (u, v) in enumerate(zip(a, b)):
             np.testing.assert_array_equal(u, v, err_msg="call %d output %d" % (i, j))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [2, 3, 10, 17, 33, 63])
+@pytest.mark.parametrize("rows", [(0, 0), (0, 1), (5, 13), (0, 200), (7, 199)])
+def test_numba_flat_prefetch_stays_inside_the_rows_and_covers_them(monkeypatch, C, dtype, rows):
+    # _flat_prefetch's index arithmetic, run as plain Python with the two
+    # prefetch intrinsics replaced by recorders: over c = 0..C-1 its indices
+    # lie inside rows a0:a1 (flat, from A's first element) and include every
+    # line-sized step from the rows' first element; reads and writes go to
+    # their own hint
+    skip_unless_available("numba")
+    from fastxent import _numba
+
+    a0, a1 = rows
+    A = np.zeros((max(a1, 1) + 3, C), dtype)
+    line = 64 // A.itemsize
+    for write in (False, True):
+        seen = {"r": [], "w": []}
+        monkeypatch.setattr(_numba, "_prefetch", lambda arr, i: seen["r"].append(i))
+        monkeypatch.setattr(_numba, "_prefetchw", lambda arr, i: seen["w"].append(i))
+        for c in range(C):
+            _numba._flat_prefetch.py_func(A, a0, a1, c, write)
+        got, other = (seen["w"], seen["r"]) if write else (seen["r"], seen["w"])
+        assert other == []
+        lo, hi = a0 * C, a1 * C
+        assert all(lo <= i < hi for i in got), (min(got), max(got), lo, hi)
+        # every line-sized step from the rows' first element is prefetched
+        assert set(range(lo, hi, line)) <= set(got)
