@@ -226,3 +226,44 @@ def test_numba_flat_prefetch_stays_inside_the_rows_and_covers_them(monkeypatch, 
         assert all(lo <= i < hi for i in got), (min(got), max(got), lo, hi)
         # every line-sized step from the rows' first element is prefetched
         assert set(range(lo, hi, line)) <= set(got)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [2, 10, 33])
+def test_few_classes_many_blocks_against_oracle(backend, C, dtype, threads):
+    # Enough rows for several blocks per thread (Numba's blocks hold up to
+    # 1024 rows at C = 2, and only calls of more than one block prefetch):
+    # the special rows of _logits repeated through every block
+    rng = np.random.default_rng(200 + C)
+    x, t = _logits(C, dtype, rng)
+    reps = 2 * 2 * 1024 // x.shape[0] + 3
+    x, t = np.tile(x, (reps, 1)), np.tile(t, reps)
+    t[::97] = -100
+    gout = rng.uniform(-2.0, 2.0, x.shape[0])
+    old = fastxent.get_num_threads()
+    fastxent.set_num_threads(threads)
+    try:
+        loss, g = fastxent.cross_entropy_with_grad(x, t, reduction="none", grad_output=gout,
+                                                   backend=backend)
+        lonly = fastxent.cross_entropy(x, t, reduction="none", backend=backend)
+        sm = fastxent.softmax(x, backend=backend)
+        lsm = fastxent.log_softmax(x, backend=backend)
+        xi = x.copy()
+        li, gi = fastxent.cross_entropy_with_grad(xi, t, reduction="none", grad_output=gout,
+                                                  backend=backend, out=xi)
+    finally:
+        fastxent.set_num_threads(old)
+    eloss, eg = O.cross_entropy(x, t, reduction="none", grad_output=gout)
+    eloss = np.asarray(eloss).astype(dtype).astype(np.float64)
+    O.assert_rowloss_close(loss, eloss, O.loss_tol(dtype), "loss")
+    O.assert_grad_close(g, eg, O.grad_tol(dtype), err_msg="grad")
+    O.assert_rowloss_close(lonly, eloss, O.loss_tol(dtype), "loss only")
+    O.assert_rowloss_close(li, eloss, O.loss_tol(dtype), "in-place loss")
+    O.assert_grad_close(gi, eg, O.grad_tol(dtype), err_msg="in-place grad")
+    inf_rows = np.isposinf(x).any(axis=1)
+    esm, elsm = O.softmax(x), O.log_softmax(x)
+    esm[inf_rows] = np.nan
+    elsm[inf_rows] = np.nan
+    O.assert_grad_close(sm, esm, O.grad_tol(dtype), err_msg="softmax")
+    O.assert_rowloss_close(lsm, elsm, O.loss_tol(dtype), "log_softmax")
