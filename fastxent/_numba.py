@@ -905,9 +905,12 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     (262144, C), medians of 31 (15) alternations in one process, ms, tiles
     vs scalar transposes, Cython): C = 10, 1 thread 6.50 vs 7.17 (4.02), 2
     threads 4.50 vs 5.19 (2.82); C = 16 9.5 vs 10.3; C = 33 19.5 vs 21.9;
-    float64 C = 10 the same (13.4 vs 13.3).  Still ~1.6x Cython at C = 10:
-    the other passes over ``T`` (exp, sums, per-row float64 end) remain
-    (merging the loss and pass-3 loops measured slower)."""
+    float64 C = 10 the same (13.4 vs 13.3).  Those figures predate the
+    AVX-512 Cython build and the prefetches (``_flat_prefetch``): in the
+    benchmark of 2026-11-27 (2 threads) this kernel took 1.87-1.92x
+    Cython's time at (262144, 10); the other passes over ``T`` (exp, sums,
+    per-row float64 end) remain (merging the loss and pass-3 loops measured
+    slower)."""
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
