@@ -269,6 +269,38 @@ def test_bce_large_parallel_sum(backend):
     assert abs(float(m) - ref.mean()) <= 1e-6 * (ref.mean() + 1)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", ["plain", "weight", "pos_weight", "both"])
+def test_bce_logits_many_blocks_elementwise(backend, variant, dtype, threads):
+    # Several BCE_BLOCK blocks per thread and a tail that is not a whole
+    # number of the kernels' inner blocks (the Numba kernel prefetches y, w
+    # and the gradient a span at a time): every element's loss and gradient
+    # against the float64 oracle, special values spread through the blocks
+    rng = np.random.default_rng(41)
+    shape = (9409, 7)  # 4 * 16384 + 327 elements
+    x = (4 * rng.standard_normal(shape)).astype(dtype)
+    x.flat[::1001] = np.inf
+    x.flat[7::1001] = -np.inf
+    x.flat[13::997] = 90.0
+    y = rng.uniform(0, 1, shape).astype(dtype)
+    y.flat[::3] = 0.0
+    y.flat[1::3] = 1.0
+    w = rng.uniform(0.1, 2, shape).astype(dtype) if variant in ("weight", "both") else None
+    pw = rng.uniform(0.5, 3, 7).astype(dtype) if variant in ("pos_weight", "both") else None
+    ref_l, ref_g = O.bce_logits(x, y, w, pw)
+    old = fastxent.get_num_threads()
+    fastxent.set_num_threads(threads)
+    try:
+        loss, grad = fastxent.binary_cross_entropy_with_logits_with_grad(
+            x, y, weight=w, pos_weight=pw, reduction="none", backend=backend)
+    finally:
+        fastxent.set_num_threads(old)
+    tol = O.loss_tol(dtype)
+    np.testing.assert_allclose(loss, ref_l, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, ref_g, rtol=O.grad_tol(dtype), atol=O.grad_tol(dtype))
+
+
 # ------------------------------------------------------------ identity with 2-class CE
 
 

@@ -214,10 +214,12 @@ def test_numba_flat_prefetch_stays_inside_the_rows_and_covers_them(monkeypatch, 
     a0, a1 = rows
     A = np.zeros((max(a1, 1) + 3, C), dtype)
     line = 64 // A.itemsize
+    pf_span = _numba._pf_span.py_func
     for write in (False, True):
         seen = {"r": [], "w": []}
         monkeypatch.setattr(_numba, "_prefetch", lambda arr, i: seen["r"].append(i))
         monkeypatch.setattr(_numba, "_prefetchw", lambda arr, i: seen["w"].append(i))
+        monkeypatch.setattr(_numba, "_pf_span", pf_span)
         for c in range(C):
             _numba._flat_prefetch.py_func(A, a0, a1, c, write)
         got, other = (seen["w"], seen["r"]) if write else (seen["r"], seen["w"])
