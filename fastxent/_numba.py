@@ -315,6 +315,8 @@ def _row_below_wsum(v, w, shift):
 _PF_BLOCK = 256
 #: Elements per float32 partial sum of S (see _row_expsum).
 _SUM_BLOCK = 64
+#: ... and of the blocks before the row's last 255 elements (see _row_expsum).
+_SUM_BIG = 256
 
 
 def _row_expstore(v, shift, e, vn):
@@ -359,13 +361,23 @@ def _row_expsum(v, shift, e, vn, y):
     the ``e_c``, ``c != y`` (``y`` the target, ``-1`` for none: ``R = S``),
     from which ``p_y - 1 = -R / S`` is formed without cancelling (``S - e_y``
     loses R to the rounding of S when ``p_y ~ 1``).  As the Cython kernels,
-    blocks of _SUM_BLOCK exps are added in ``e``'s dtype first (in the exp
-    loop, which LLVM vectorises with 8 float32 lanes and a few accumulators:
-    a handful of roundings, relative error < 4e-7 of a block of terms <= 1),
-    then in float64; faster than converting every exp (the loss at (4096,
-    32000) float32 on 2 threads: 1.2x).  The block holding ``y`` and the
-    elements after the last whole block sum the same way, ``e_y`` left out
-    by a select, so that those loops vectorise too (summed element by
+    blocks of exps are added in ``e``'s dtype first (in the exp loop, which
+    LLVM vectorises: each lane adds a few exps in turn, then a tree across
+    the lanes; the largest relative loss error against the float64 NumPy
+    path, 2048 rows of 3 x N(0, 1) float32 logits at C = 1000, 1255 and
+    32000, is 6.5e-8 against 6.1e-8 with blocks of 64), then in float64; faster than converting every exp (the loss at (4096, 32000)
+    float32 on 2 threads: 1.2x).  The blocks are _SUM_BIG exps long while
+    that many are left, then _SUM_BLOCK: each block ends in a horizontal
+    reduction of the accumulators, a fifth of the function's samples with
+    64-element blocks at (8192, 1000) float32 (perf, cpu-clock).  Fused call
+    there, 2 threads, 5 alternating runs of separate processes, median of 41
+    calls, ms, blocks of 64 -> 256 then 64: 2.67-3.19 -> 2.72-2.79 (the former
+    bimodal across processes, the latter not); 1 thread level (5.17-6.24 vs
+    5.80-5.86, 4 runs); (4096, 32000) level (fused 29.2-38.2 vs 30.1-30.3,
+    loss 26.7-28.3 vs 28.0 ms).  The same blocks through a helper function
+    of their own: slower (1 thread 5.7-6.5 ms).  The block holding ``y`` and
+    the elements after the last whole block sum the same way, ``e_y`` left
+    out by a select, so that those loops vectorise too (summed element by
     element in float64 they took ~280 ns of a 1000-class row's ~1100 in
     ``_row_expsum``; the fused call at (8192, 1000) float32 is 20-28% faster
     with the select, same-process A/B, 1 and 2 threads).  The loss-only paths
@@ -373,37 +385,38 @@ def _row_expsum(v, shift, e, vn, y):
     a loss equals the fused call's bit for bit (a copy of the loop without the
     store vectorises differently).  Prefetches ``vn``, a few lines per block."""
     n = v.shape[0]
-    nb = n - n % _SUM_BLOCK
     step = 64 // vn.itemsize
     r = 0.0
     zero = _as(e, 0.0)
-    for b in range(0, nb, _SUM_BLOCK):
-        vb = v[b:b + _SUM_BLOCK]
-        eb = e[b:b + _SUM_BLOCK]
+    b = 0
+    while n - b >= _SUM_BLOCK:
+        L = _SUM_BIG if n - b >= _SUM_BIG else _SUM_BLOCK
+        vb = v[b:b + L]
+        eb = e[b:b + L]
+        t = zero
         # the select only where the target is: in every block's loop it
         # made the loss at (4096, 32000) 5-12% slower (same-process A/B)
-        if b <= y < b + _SUM_BLOCK:
-            t = zero
-            for c in range(_SUM_BLOCK):
+        if b <= y < b + L:
+            for c in range(L):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
                 t += ec if b + c != y else zero
-            r += np.float64(t)
         else:
-            t = zero
-            for c in range(_SUM_BLOCK):
+            for c in range(L):
                 ec = _exp(_as(eb, vb[c] - shift))
                 eb[c] = ec
                 t += ec
-            r += np.float64(t)
+        r += np.float64(t)
         # the next row's lines at this block's offsets, a few per block:
         # in bursts of 16 every 4th block (as _row_expstore) the fused call
         # at (4096, 32000) float32 took 32-44 ms against 35.0-35.5 ms this
         # way (2 threads, 4 alternating pairs of processes; the loss alone
         # 28.6-31.8 against 27.3-29.0; one thread 56.6-59.4 against
         # 53.8-54.3 ms)
-        for c in range(b, b + _SUM_BLOCK, step):
+        for c in range(b, b + L, step):
             _prefetch(vn, c)
+        b += L
+    nb = b
     for c in range(nb, n, step):
         _prefetch(vn, c)
     t = zero

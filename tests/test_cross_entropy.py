@@ -184,6 +184,29 @@ def test_uniform_logits_give_log_C(backend, C, dtype):
     O.assert_grad_close(grad, expected, O.grad_tol(dtype))
 
 
+@pytest.mark.parametrize("C", [63, 64, 65, 255, 256, 257, 319, 320, 575, 1000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_targets_across_the_sum_blocks(backend, C, dtype):
+    # The kernels sum a row's exps in blocks (Numba: 256, then 64, then one
+    # by one) and leave the target's exp out by a select in its block: a
+    # target at every block's first and last class and in the tail, the
+    # target's logit the row's largest in half the rows (p_y near 1, where
+    # R = S - e_y must not come from a subtraction)
+    rng = np.random.default_rng(C)
+    edges = sorted({0, 1, 62, 63, 64, 127, 191, 255, 256, 319, 320, 511, 575, C - 2, C - 1})
+    t = np.array([y for y in edges if 0 <= y < C] * 2)
+    x = rng.standard_normal((t.size, C)).astype(dtype)
+    half = t.size // 2
+    x[np.arange(half), t[:half]] = 30.0
+    ref_l, ref_g = O.cross_entropy(x, t, reduction="none")
+    loss, grad = fastxent.cross_entropy_with_grad(x, t, reduction="none", backend=backend)
+    tol = O.loss_tol(dtype)
+    np.testing.assert_allclose(loss, ref_l, rtol=tol, atol=tol)  # SPEC: tol * max(1, |loss|)
+    O.assert_grad_close(grad, ref_g, O.grad_tol(dtype))
+    np.testing.assert_array_equal(
+        fastxent.cross_entropy(x, t, reduction="none", backend=backend), loss)
+
+
 @pytest.mark.parametrize("y", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_hand_computed_three_classes(backend, y, dtype):
