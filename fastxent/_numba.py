@@ -766,27 +766,38 @@ def _pf_span(A, i0, i1, write):
             _prefetch(A, i)
 
 
-def _flat_prefetch(A, a0, a1, c, write):
-    """Prefetch the ``c``-th of ``C = A.shape[1]`` parts of rows ``a0:a1`` of
-    ``A`` (for writing if ``write``), a cache line at a time.  Called once per
-    class in a block's exp loop, for the next block's rows and this block's
-    output rows, it spreads their prefetches over the time the exps take.
-    Why: the transposes in and out of the class-major scratch (``_flat_in``,
+def _flat_share(n, C, step):
+    """A class's share of ``n`` elements to prefetch over ``C`` classes: a
+    whole number of ``step``-element lines, at least ``n / C`` elements.
+
+    The few-class kernels prefetch the next block's rows (read) and this
+    block's output rows (write) a C-th at a time in their exp loop's class
+    loop (``_flat_part``), spreading them over the time the exps take.  Why:
+    the transposes in and out of the class-major scratch (``_flat_in``,
     ``_flat_out``) only load or store, so a block's rows used to come from
     memory while nothing else ran (perf, cpu-clock samples, float32 (262144,
     10) fused, 1 thread: the two transposes held 53% of the kernel's samples
-    from memory, 28% with 8192 rows in cache).  Measured (3 alternating
-    runs of separate processes, min of 25 calls, ms, without -> with): fused
-    1 thread 4.75-5.28 -> 3.97-4.13, 2 threads 2.19-2.48 -> 2.16-2.34;
+    from memory, 28% with 8192 rows in cache).  Measured (3 alternating runs
+    of separate processes, min of 25 calls, ms, without -> with): fused 1
+    thread 4.75-5.28 -> 3.97-4.13, 2 threads 2.19-2.48 -> 2.16-2.34;
     log_softmax 1 thread 3.02-3.46 -> 2.64-2.68, 2 threads level; softmax
-    (too little work per block to hide them) 2 threads 1.07-1.09 -> 1.29-1.48,
-    so it does not prefetch.  Issued all at once after a block's transpose
-    in, the same prefetches gained nothing."""
-    C = A.shape[1]
-    step = 64 // A.itemsize
-    n = (a1 - a0) * C
-    _pf_span(A, a0 * C + (n * c // C) // step * step, a0 * C + n * (c + 1) // C,
-             write)
+    (too little work per block to hide them) 2 threads 1.07-1.09 ->
+    1.29-1.48, so it does not prefetch.  Issued all at once after a block's
+    transpose in, the same prefetches gained nothing.  They were first a
+    function of the array, called per class: a call that Numba did not
+    inline, with a reference count taken and dropped on the array and two
+    integer divisions each time (that function 8.4% of the kernel's samples,
+    NRT_incref/decref 3.4%); in the loops themselves, from these two
+    integer helpers, the fused call took 1.83-1.98 against 2.05-2.14 ms on
+    2 threads, the loss alone 1.26-1.37 against 1.40-1.55 (3 alternating
+    runs, median of 41 calls); log_softmax 1.19-1.25 against 1.36-1.41."""
+    return ((n + C - 1) // C + step - 1) // step * step
+
+
+def _flat_part(a, e, share, c):
+    """Class ``c``'s part ``lo:hi`` of the elements ``a:e`` to prefetch."""
+    lo = a + c * share
+    return lo, min(e, lo + share)
 
 
 def _flat_in(Xb, T, shb):
@@ -867,6 +878,7 @@ def _softmax_flat(X, out, log, r0, r1):
     zero = _as(T, 0.0)
     nan = _as(T, _NAN)
     pf = log and r1 - r0 > RB  # see _ce_int_flat
+    step = 64 // X.itemsize
     for q0 in range(r0, r1, RB):
         nr = min(r1, q0 + RB) - q0
         Ob = out[q0:q0 + nr]
@@ -876,12 +888,20 @@ def _softmax_flat(X, out, log, r0, r1):
             shb[j] = m if np.isfinite(m) else zero
             sb[j] = _NAN if m == _INF else 0.0  # a +inf row: NaN
         q1 = min(r1, q0 + nr + RB)  # the next block's rows
+        xa, xe = (q0 + nr) * C, q1 * C
+        oa, oe = q0 * C, (q0 + nr) * C
+        xs = _flat_share(xe - xa, C, step)
+        os_ = _flat_share(oe - oa, C, step)
         for c in range(C):
             for j in range(nr):
                 E[c, j] = _exp(T[c, j] - shb[j])
             if pf:  # as _ce_int_flat; softmax measured slower with it
-                _flat_prefetch(X, q0 + nr, q1, c, False)
-                _flat_prefetch(out, q0, q0 + nr, c, True)
+                lo, hi = _flat_part(xa, xe, xs, c)
+                for i in range(lo, hi, step):
+                    _prefetch(X, i)
+                lo, hi = _flat_part(oa, oe, os_, c)
+                for i in range(lo, hi, step):
+                    _prefetchw(out, i)
         for c in range(C):
             for j in range(nr):
                 sb[j] += np.float64(E[c, j])
@@ -926,7 +946,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     vs scalar transposes, Cython): C = 10, 1 thread 6.50 vs 7.17 (4.02), 2
     threads 4.50 vs 5.19 (2.82); C = 16 9.5 vs 10.3; C = 33 19.5 vs 21.9;
     float64 C = 10 the same (13.4 vs 13.3).  Those figures predate the
-    AVX-512 Cython build and the prefetches (``_flat_prefetch``): in the
+    AVX-512 Cython build and the prefetches (``_flat_share``): in the
     benchmark of 2026-11-27 (2 threads) this kernel took 1.87-1.92x
     Cython's time at (262144, 10); the other passes over ``T`` (exp, sums,
     per-row float64 end) remain (merging the loss and pass-3 loops measured
@@ -961,17 +981,22 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     zero = _as(T, 0.0)
     nan = _as(T, _NAN)
     pf = r1 - r0 > RB  # more than one block (see below)
+    step = 64 // X.itemsize
     for q0 in range(r0, r1, RB):
         nr = min(r1, q0 + RB) - q0
         Xb = X[q0:q0 + nr]
         tgt = target[q0:q0 + nr]
         tiled = _flat_in(Xb, T, shb)
         # memory: the next block's rows and this block's gradient rows,
-        # prefetched a C-th at a time during the exps (see _flat_prefetch);
+        # prefetched a C-th at a time during the exps (see _flat_share);
         # not in a call of one block (its rows are in cache, if anywhere,
         # and the calls cost the (8, 10) call ~0.45 us of its ~7)
         q1 = min(r1, q0 + nr + RB)
         nw = nr if do_grad else 0
+        xa, xe = (q0 + nr) * C, q1 * C  # X's elements to prefetch ...
+        ga, ge = q0 * C, (q0 + nw) * C  # ... and grad_out's
+        xs = _flat_share(xe - xa, C, step)  # a class's share of them
+        gs = _flat_share(ge - ga, C, step)
         for j in range(nr):
             m = shb[j]
             shb[j] = m if np.isfinite(m) else zero
@@ -997,8 +1022,12 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             for j in range(nr):
                 T[c, j] = _exp(T[c, j] - shb[j])
             if pf:
-                _flat_prefetch(X, q0 + nr, q1, c, False)
-                _flat_prefetch(grad_out, q0, q0 + nw, c, True)
+                lo, hi = _flat_part(xa, xe, xs, c)
+                for i in range(lo, hi, step):
+                    _prefetch(X, i)
+                lo, hi = _flat_part(ga, ge, gs, c)
+                for i in range(lo, hi, step):
+                    _prefetchw(grad_out, i)
         # e_y apart, then zeroed in T: R = sum_{c != y} e_c by a plain sum
         # (the gradient's target entry is written last, from e_y)
         for j in range(nr):
@@ -1426,7 +1455,7 @@ _SERIAL = {
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
-    "_flat_prefetch": None, "_pf_span": None,
+    "_pf_span": None, "_flat_share": None, "_flat_part": None,
     "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,

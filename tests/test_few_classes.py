@@ -202,32 +202,27 @@ def test_cython_avx512_blocks_match_avx2_bit_for_bit(C, threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", [2, 3, 10, 17, 33, 63])
 @pytest.mark.parametrize("rows", [(0, 0), (0, 1), (5, 13), (0, 200), (7, 199)])
-def test_numba_flat_prefetch_stays_inside_the_rows_and_covers_them(monkeypatch, C, dtype, rows):
-    # _flat_prefetch's index arithmetic, run as plain Python with the two
-    # prefetch intrinsics replaced by recorders: over c = 0..C-1 its indices
-    # lie inside rows a0:a1 (flat, from A's first element) and include every
-    # line-sized step from the rows' first element; reads and writes go to
-    # their own hint
+def test_numba_flat_prefetch_stays_inside_the_rows_and_covers_them(C, dtype, rows):
+    # The few-class kernels' prefetch arithmetic (_flat_share, _flat_part),
+    # run as plain Python: over c = 0..C-1 the indices the kernels prefetch,
+    # range(lo, hi, line), lie inside rows a0:a1 (flat, from the array's
+    # first element) and include every line-sized step from the rows' first
+    # element
     skip_unless_available("numba")
     from fastxent import _numba
 
+    share_of, part = _numba._flat_share.py_func, _numba._flat_part.py_func
     a0, a1 = rows
-    A = np.zeros((max(a1, 1) + 3, C), dtype)
-    line = 64 // A.itemsize
-    pf_span = _numba._pf_span.py_func
-    for write in (False, True):
-        seen = {"r": [], "w": []}
-        monkeypatch.setattr(_numba, "_prefetch", lambda arr, i: seen["r"].append(i))
-        monkeypatch.setattr(_numba, "_prefetchw", lambda arr, i: seen["w"].append(i))
-        monkeypatch.setattr(_numba, "_pf_span", pf_span)
-        for c in range(C):
-            _numba._flat_prefetch.py_func(A, a0, a1, c, write)
-        got, other = (seen["w"], seen["r"]) if write else (seen["r"], seen["w"])
-        assert other == []
-        lo, hi = a0 * C, a1 * C
-        assert all(lo <= i < hi for i in got), (min(got), max(got), lo, hi)
-        # every line-sized step from the rows' first element is prefetched
-        assert set(range(lo, hi, line)) <= set(got)
+    line = 64 // np.dtype(dtype).itemsize
+    lo_all, hi_all = a0 * C, a1 * C
+    share = share_of(hi_all - lo_all, C, line)
+    assert share % line == 0
+    got = []
+    for c in range(C):
+        lo, hi = part(lo_all, hi_all, share, c)
+        got.extend(range(lo, hi, line))
+    assert all(lo_all <= i < hi_all for i in got), (min(got), max(got), lo_all, hi_all)
+    assert set(range(lo_all, hi_all, line)) <= set(got)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
