@@ -380,10 +380,10 @@ def _row_expsum(v, shift, e, vn, y):
     count and dropped it (two NRT_decref calls a block, NRT_decref and
     NRT_incref 16% and 2% of that call's samples on 1 thread), and a signed
     index does not vectorise (the negative-index wraparound; 2.1x slower).
-    Against slices, 3 alternating runs, median of 41 calls, ms: fused 1
-    thread 5.82-6.14 -> 5.28-5.29, 2 threads 2.71-2.87 -> 2.53-2.57, the
-    loss 2.22-2.32 -> 2.05-2.07; (4096, 32000) level (fused 35.7-37.0 vs
-    34.9-35.7).  In the binary cross-entropy's exp loop the same change
+    Against slices, 2 alternating runs, median of 41 calls, ms: fused 1
+    thread 5.82-6.04 -> 5.28-5.29, 2 threads 2.71-2.74 -> 2.53-2.57, the
+    loss 2.22 -> 2.05-2.07; (4096, 32000) level in 3 runs (fused 35.7-37.0
+    vs 34.9-35.7).  In the binary cross-entropy's exp loop the same change
     measured slower (2 threads 9.1-9.6 vs 8.6-9.0 ms): it keeps its slices.
     The block holding ``y`` and the elements after the last whole block sum
     the same way, ``e_y`` left out by a select, so that those loops vectorise too (summed element by
@@ -783,7 +783,7 @@ def _flat_share(n, C, step):
     inline, with a reference count taken and dropped on the array and two
     integer divisions each time (that function 8.4% of the kernel's samples,
     NRT_incref/decref 3.4%); in the loops themselves, from these two
-    integer helpers, the fused call took 1.83-1.98 against 2.05-2.14 ms on
+    integer helpers, the fused call took 1.83-1.99 against 2.05-2.14 ms on
     2 threads, the loss alone 1.26-1.37 against 1.40-1.55 (3 alternating
     runs, median of 41 calls); log_softmax 1.19-1.25 against 1.36-1.41."""
     return ((n + C - 1) // C + step - 1) // step * step
@@ -943,9 +943,11 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     float64 C = 10 the same (13.4 vs 13.3).  Those figures predate the
     AVX-512 Cython build and the prefetches (``_flat_share``): in the
     benchmark of 2026-11-27 (2 threads) this kernel took 1.87-1.92x
-    Cython's time at (262144, 10); the other passes over ``T`` (exp, sums,
-    per-row float64 end) remain (merging the loss and pass-3 loops measured
-    slower)."""
+    Cython's time at (262144, 10) at 49e7c0e, and 1.50-1.75x once its
+    prefetch loops were written inline (four runs at 60c14c0); the other
+    passes over ``T`` (exp, sums, per-row float64 end) remain (merging the
+    loss and pass-3 loops measured slower; so did the target's exp and the
+    sum of the others in one select loop, 2x)."""
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
