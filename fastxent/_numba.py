@@ -782,10 +782,14 @@ def _flat_share(n, C, step):
     function of the array, called per class: a call that Numba did not
     inline, with a reference count taken and dropped on the array and two
     integer divisions each time (that function 8.4% of the kernel's samples,
-    NRT_incref/decref 3.4%); in the loops themselves, from these two
-    integer helpers, the fused call took 1.83-1.99 against 2.05-2.14 ms on
-    2 threads, the loss alone 1.26-1.37 against 1.40-1.55 (3 alternating
-    runs, median of 41 calls); log_softmax 1.19-1.25 against 1.36-1.41."""
+    NRT_incref/decref 3.4%); written in the class loops, with the bounds
+    from these two integer helpers, the fused call took 1.83-1.99 against
+    2.05-2.14 ms on 2 threads, the loss alone 1.26-1.37 against 1.40-1.55
+    (3 alternating runs, median of 41 calls); log_softmax 1.19-1.25 against
+    1.36-1.41.  Those loops are now ``_flat_prefetch``, which Numba inlines
+    itself (``_INLINE``): against the loops written out in both kernels,
+    level (fused 2 threads 1.77-2.62 vs 1.83-2.15 ms, log_softmax 1.22-1.23
+    vs 1.20-1.27, 3 and 2 alternating runs)."""
     return ((n + C - 1) // C + step - 1) // step * step
 
 
@@ -793,6 +797,18 @@ def _flat_part(a, e, share, c):
     """Class ``c``'s part ``lo:hi`` of the elements ``a:e`` to prefetch."""
     lo = a + c * share
     return lo, min(e, lo + share)
+
+
+def _flat_prefetch(X, xa, xe, xs, O, oa, oe, os_, c, step):
+    """Class ``c``'s part of the prefetches: of ``X``'s elements ``xa:xe``
+    (read) and ``O``'s ``oa:oe`` (write), shares ``xs`` and ``os_``
+    (``_flat_share``); inlined at Numba's level (see ``_INLINE``)."""
+    lo, hi = _flat_part(xa, xe, xs, c)
+    for i in range(lo, hi, step):
+        _prefetch(X, i)
+    lo, hi = _flat_part(oa, oe, os_, c)
+    for i in range(lo, hi, step):
+        _prefetchw(O, i)
 
 
 def _flat_in(Xb, T, shb):
@@ -891,12 +907,7 @@ def _softmax_flat(X, out, log, r0, r1):
             for j in range(nr):
                 E[c, j] = _exp(T[c, j] - shb[j])
             if pf:  # as _ce_int_flat; softmax measured slower with it
-                lo, hi = _flat_part(xa, xe, xs, c)
-                for i in range(lo, hi, step):
-                    _prefetch(X, i)
-                lo, hi = _flat_part(oa, oe, os_, c)
-                for i in range(lo, hi, step):
-                    _prefetchw(out, i)
+                _flat_prefetch(X, xa, xe, xs, out, oa, oe, os_, c, step)
         for c in range(C):
             for j in range(nr):
                 sb[j] += np.float64(E[c, j])
@@ -1019,12 +1030,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             for j in range(nr):
                 T[c, j] = _exp(T[c, j] - shb[j])
             if pf:
-                lo, hi = _flat_part(xa, xe, xs, c)
-                for i in range(lo, hi, step):
-                    _prefetch(X, i)
-                lo, hi = _flat_part(ga, ge, gs, c)
-                for i in range(lo, hi, step):
-                    _prefetchw(grad_out, i)
+                _flat_prefetch(X, xa, xe, xs, grad_out, ga, ge, gs, c, step)
         # e_y apart, then zeroed in T: R = sum_{c != y} e_c by a plain sum
         # (the gradient's target entry is written last, from e_y)
         for j in range(nr):
@@ -1462,11 +1468,15 @@ _SERIAL = {
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
     "_flat_share": None, "_flat_part": None,
+    "_flat_prefetch": None,
     "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
     "_bcel_elem": _FM_ELT,
 }
+#: Inlined into their callers by Numba itself: an array argument of a
+#: call LLVM does not inline costs a reference count each time.
+_INLINE = frozenset({"_flat_prefetch"})
 _PARALLEL = (
     "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",
     "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
@@ -1721,6 +1731,9 @@ def _jit_all():
         opts = {"cache": True, "error_model": "numpy"}
         if fm:
             opts["fastmath"] = set(fm)
+        if name in _INLINE:
+            opts["inline"] = "always"
+
         g[name] = numba.njit(**opts)(g[name])
     for name in _PARALLEL:
         g[name] = numba.njit(cache=True, parallel=True, error_model="numpy")(g[name])
