@@ -365,8 +365,9 @@ def _row_expsum(v, shift, e, vn, y):
     LLVM vectorises: each lane adds a few exps in turn, then a tree across
     the lanes; the largest relative loss error against the float64 NumPy
     path, 2048 rows of 3 x N(0, 1) float32 logits at C = 1000, 1255 and
-    32000, is 6.5e-8 against 6.1e-8 with blocks of 64), then in float64; faster than converting every exp (the loss at (4096, 32000)
-    float32 on 2 threads: 1.2x).  The blocks are _SUM_BIG exps long while
+    32000, is 6.5e-8 against 6.1e-8 with blocks of 64), then in float64;
+    faster than converting every exp (the loss at (4096, 32000) float32 on 2
+    threads: 1.2x).  The blocks are _SUM_BIG exps long while
     that many are left, then _SUM_BLOCK: each block ends in a horizontal
     reduction of the accumulators, a fifth of the function's samples with
     64-element blocks at (8192, 1000) float32 (perf, cpu-clock).  Fused call
@@ -386,13 +387,14 @@ def _row_expsum(v, shift, e, vn, y):
     vs 34.9-35.7).  In the binary cross-entropy's exp loop the same change
     measured slower (2 threads 9.1-9.6 vs 8.6-9.0 ms): it keeps its slices.
     The block holding ``y`` and the elements after the last whole block sum
-    the same way, ``e_y`` left out by a select, so that those loops vectorise too (summed element by
-    element in float64 they took ~280 ns of a 1000-class row's ~1100 in
-    ``_row_expsum``; the fused call at (8192, 1000) float32 is 20-28% faster
-    with the select, same-process A/B, 1 and 2 threads).  The loss-only paths
-    call this too (storing into a scratch row): the same loop sums alike, so
-    a loss equals the fused call's bit for bit (a copy of the loop without the
-    store vectorises differently).  Prefetches ``vn``, a few lines per block."""
+    the same way, ``e_y`` left out by a select, so that those loops vectorise
+    too (summed element by element in float64 they took ~280 ns of a
+    1000-class row's ~1100 in ``_row_expsum``; the fused call at (8192, 1000)
+    float32 is 20-28% faster with the select, same-process A/B, 1 and 2
+    threads).  The loss-only paths call this too (storing into a scratch row):
+    the same loop sums alike, so a loss equals the fused call's bit for bit (a
+    copy of the loop without the store vectorises differently).  Prefetches
+    ``vn``, a few lines per block."""
     n = v.shape[0]
     step = 64 // vn.itemsize
     r = 0.0
@@ -799,16 +801,28 @@ def _flat_part(a, e, share, c):
     return lo, min(e, lo + share)
 
 
+def _pf_read(A, lo, hi, step):
+    """Prefetch ``A``'s elements ``lo:hi`` (flat, from its first element;
+    the caller keeps them inside ``A``), one every ``step`` (a cache line);
+    inlined at Numba's level (see ``_INLINE``)."""
+    for i in range(lo, hi, step):
+        _prefetch(A, i)
+
+
+def _pf_write(A, lo, hi, step):
+    """``_pf_read`` with the hint that the lines will be written."""
+    for i in range(lo, hi, step):
+        _prefetchw(A, i)
+
+
 def _flat_prefetch(X, xa, xe, xs, O, oa, oe, os_, c, step):
     """Class ``c``'s part of the prefetches: of ``X``'s elements ``xa:xe``
     (read) and ``O``'s ``oa:oe`` (write), shares ``xs`` and ``os_``
     (``_flat_share``); inlined at Numba's level (see ``_INLINE``)."""
     lo, hi = _flat_part(xa, xe, xs, c)
-    for i in range(lo, hi, step):
-        _prefetch(X, i)
+    _pf_read(X, lo, hi, step)
     lo, hi = _flat_part(oa, oe, os_, c)
-    for i in range(lo, hi, step):
-        _prefetchw(O, i)
+    _pf_write(O, lo, hi, step)
 
 
 def _flat_in(Xb, T, shb):
@@ -1305,26 +1319,25 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
         # 16M float32 elements, 3 alternating runs of separate processes,
         # median of 15 calls, ms, without -> with: 1 thread 21.1-21.7 ->
         # 18.4-19.6, 2 threads 10.9-11.4 -> 9.6-10.3.  Prefetching y alone
-        # was level; also the next block's x, in this loop: slower (2 threads
-        # 10.9-11.4 vs 10.7-11.3); the next block's x in an element loop cut
-        # into _PF_BLOCK slices: slower (2 threads 11.5-11.8 vs 9.6-10.1).
-        # The prefetch loops written here rather than in a helper taking the
-        # array (not inlined, a reference count per call): 1 thread
-        # 18.3-19.1 -> 17.3-17.8 ms, 2 threads level (3 alternating runs).
+        # was level; also the next block's x, in this loop: the gain lost (2
+        # threads 10.9-11.4 vs 10.7-11.3 without any prefetch); the next
+        # block's x in an element loop cut into _PF_BLOCK slices: slower (2
+        # threads 11.5-11.8 vs 9.6-10.1).  The prefetch loops inlined (by
+        # Numba, _pf_read / _pf_write) rather than in a helper called with
+        # the array (a reference count per call): 1 thread 18.3-19.1 ->
+        # 17.3-17.8 ms, 2 threads level (3 alternating runs).
         mb = m - m % _PF_BLOCK
         for b in range(0, mb, _PF_BLOCK):
             xs = xb[b:b + _PF_BLOCK]
             es = eb[b:b + _PF_BLOCK]
             for k in range(_PF_BLOCK):
                 es[k] = _exp(-abs(xs[k]))
-            for i in range(i0 + b, i0 + b + _PF_BLOCK, sy):
-                _prefetch(Y, i)
+            a = i0 + b
+            _pf_read(Y, a, a + _PF_BLOCK, sy)
             if has_w:
-                for i in range(i0 + b, i0 + b + _PF_BLOCK, sw):
-                    _prefetch(W, i)
+                _pf_read(W, a, a + _PF_BLOCK, sw)
             if do_grad:
-                for i in range(i0 + b, i0 + b + _PF_BLOCK, sg):
-                    _prefetchw(grad_out, i)
+                _pf_write(grad_out, a, a + _PF_BLOCK, sg)
         for k in range(mb, m):
             eb[k] = _exp(-abs(xb[k]))
         if has_w or has_pw:
@@ -1468,7 +1481,7 @@ _SERIAL = {
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
     "_flat_share": None, "_flat_part": None,
-    "_flat_prefetch": None,
+    "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
     "_flat_out": None, "_softmax_flat": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
@@ -1476,7 +1489,7 @@ _SERIAL = {
 }
 #: Inlined into their callers by Numba itself: an array argument of a
 #: call LLVM does not inline costs a reference count each time.
-_INLINE = frozenset({"_flat_prefetch"})
+_INLINE = frozenset({"_flat_prefetch", "_pf_read", "_pf_write"})
 _PARALLEL = (
     "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",
     "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
