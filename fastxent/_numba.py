@@ -395,14 +395,20 @@ def _row_expsum(v, shift, e, vn, y):
     too (summed element by element in float64 they took ~280 ns of a
     1000-class row's ~1100 in ``_row_expsum``; the fused call at (8192, 1000)
     float32 is 20-28% faster with the select, same-process A/B, 1 and 2
-    threads).  The loss-only paths call this too (storing into a scratch row):
-    the same loop sums alike, so a loss equals the fused call's bit for bit (a
-    copy of the loop without the store vectorises differently).  Prefetches
-    ``vn``, a few lines per block."""
+    threads).  With a 2-D ``e`` (an empty one) the exps are summed and not
+    stored: ``e.ndim`` is a compile-time constant, so that specialisation's
+    loops have no stores (the loss alone and logsumexp).  They used to store
+    into a scratch row so that a loss equalled the fused call's bit for bit
+    (LLVM may vectorise the sum without the store in another order: up to
+    ~1e-7 relative apart); without it, (4096, 32000) float32, 1 thread, 3
+    alternating runs of separate processes, median of 9 calls, ms: the loss
+    54.4-71.7 -> 40.1-44.4, logsumexp 53.9-68.0 -> 41.8-43.6 (Cython's
+    about 40 and 40).  Prefetches ``vn``, a few lines per block."""
     n = v.shape[0]
     step = 64 // vn.itemsize
     r = 0.0
     zero = _as(e, 0.0)
+    st = e.ndim == 1  # a 2-D e: the sums alone (a compile-time constant)
     b = 0
     while n - b >= _SUM_BLOCK:
         L = _SUM_BIG if n - b >= _SUM_BIG else _SUM_BLOCK
@@ -413,12 +419,14 @@ def _row_expsum(v, shift, e, vn, y):
             yu = np.uint64(y)
             for c in range(np.uint64(b), np.uint64(b + L)):
                 ec = _exp(_as(e, v[c] - shift))
-                e[c] = ec
+                if st:
+                    e[c] = ec
                 t += ec if c != yu else zero
         else:
             for c in range(np.uint64(b), np.uint64(b + L)):
                 ec = _exp(_as(e, v[c] - shift))
-                e[c] = ec
+                if st:
+                    e[c] = ec
                 t += ec
         r += np.float64(t)
         # the next row's lines at this block's offsets, a few per block:
@@ -435,11 +443,12 @@ def _row_expsum(v, shift, e, vn, y):
     yu = np.uint64(y)  # y = -1 (no target) matches no index
     for c in range(np.uint64(nb), np.uint64(n)):
         ec = _exp(_as(e, v[c] - shift))
-        e[c] = ec
+        if st:
+            e[c] = ec
         t += ec if c != yu else zero
     r += np.float64(t)
     if 0 <= y < n:
-        return r + np.float64(e[y]), r
+        return r + np.float64(_exp(_as(e, v[y] - shift))), r
     return r, r
 
 
@@ -578,7 +587,7 @@ def _next_row(X, r, r1):
 
 
 def _logsumexp_rows(X, out, r0, r1):
-    buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
+    nost = np.empty((0, 0), X.dtype)  # _row_expsum: the sums alone
     for r in range(r0, r1):
         x = X[r]
         m = _row_max(x)
@@ -586,7 +595,7 @@ def _logsumexp_rows(X, out, r0, r1):
             out[r] = _INF if not np.isnan(x).any() else _NAN
             continue
         sh = _shift_of(m)
-        s, _ = _row_expsum(x, sh, buf, _next_row(X, r, r1), -1)
+        s, _ = _row_expsum(x, sh, nost, _next_row(X, r, r1), -1)
         out[r] = np.float64(sh) + np.log(s)
 
 
@@ -689,7 +698,8 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                      do_grad, r0, r1)
         return
     xs = np.empty(C if capped else 0, np.float64)  # softcapped row (scratch)
-    buf = np.empty(X.shape[1], X.dtype)  # exp row (scratch)
+    buf = np.empty(C if inplace else 0, X.dtype)  # the row, copied in place
+    nost = np.empty((0, 0), X.dtype)  # the loss alone: sums, no exps stored
     for r in range(r0, r1):
         y = target[r]
         if y == ignore_index:
@@ -711,7 +721,10 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             elif smooth:
                 sx = _row_below_sum(xs, shift)
             xy = xs[y]
-            s, rest = _row_expsum(xs, shift, grad_out[r] if do_grad else buf, xs, y)
+            if do_grad:
+                s, rest = _row_expsum(xs, shift, grad_out[r], xs, y)
+            else:
+                s, rest = _row_expsum(xs, shift, nost, xs, y)
         else:
             m = _row_max(x)
             sh = _shift_of(m)
@@ -724,8 +737,10 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
             if inplace:  # _row_expsum's rows must not alias
                 _row_copy(buf, x)
                 x = buf
-            s, rest = _row_expsum(x, sh, grad_out[r] if do_grad else buf,
-                                  _next_row(X, r, r1), y)
+            if do_grad:
+                s, rest = _row_expsum(x, sh, grad_out[r], _next_row(X, r, r1), y)
+            else:
+                s, rest = _row_expsum(x, sh, nost, _next_row(X, r, r1), y)
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):

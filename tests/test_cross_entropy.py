@@ -203,8 +203,11 @@ def test_targets_across_the_sum_blocks(backend, C, dtype):
     tol = O.loss_tol(dtype)
     np.testing.assert_allclose(loss, ref_l, rtol=tol, atol=tol)  # SPEC: tol * max(1, |loss|)
     O.assert_grad_close(grad, ref_g, O.grad_tol(dtype))
-    np.testing.assert_array_equal(
-        fastxent.cross_entropy(x, t, reduction="none", backend=backend), loss)
+    # the loss alone sums the same exps without storing them (Numba may
+    # vectorise that sum in another order: the last bit or two may differ)
+    loss_only = fastxent.cross_entropy(x, t, reduction="none", backend=backend)
+    np.testing.assert_allclose(loss_only, ref_l, rtol=tol, atol=tol)
+    np.testing.assert_allclose(loss_only, loss, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 @pytest.mark.parametrize("y", [0, 1, 2])
