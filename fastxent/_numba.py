@@ -1051,12 +1051,12 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         ga, ge = q0 * C, (q0 + nw) * C  # ... and grad_out's
         xs = _flat_share(xe - xa, C, step)  # a class's share of them
         gs = _flat_share(ge - ga, C, step)
-        if pf:  # the next block's targets, at once (a line holds 8): the
+        if pf:  # the next block's targets, at once: the
             # first per-row loop below waited on them (perf: 5% of this
             # function's samples on one load's use); fused (262144, 10)
             # float32, 1 thread, 6 alternating runs, ms: 3.92-4.19 ->
             # 3.69-4.03, the loss alone 2.46-2.60 -> 2.41-2.60
-            _pf_read(target, q0 + nr, q1, 8)
+            _pf_read(target, q0 + nr, q1, 64 // target.itemsize)
         for j in range(nr):
             m = shb[j]
             shb[j] = m if np.isfinite(m) else zero
@@ -1376,7 +1376,7 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
                 _pf_read(W, a, a + _PF_BLOCK, sw)
             if do_grad:
                 _pf_write(grad_out, a, a + _PF_BLOCK, sg)
-        for k in range(mb, m):
+        for k in range(np.uint64(mb), np.uint64(m)):  # unsigned: see _row_expsum
             eb[k] = _exp(-abs(xb[k]))
         if has_w or has_pw:
             for k in range(m):
