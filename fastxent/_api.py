@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _dispatch
-from ._reference import BCE_BLOCK
+from ._reference import BCE_BLOCK, CE_LANES, CE_ROWS
 
 ArrayLike = Any
 Loss = Union[np.floating, np.ndarray]
@@ -450,31 +450,36 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
             inputs += (("grad_output", grad_output),)
         out = _check_out(out, x.shape, cdt, inputs, inplace_ok=x)
     X = _rows(x, ax, cdt)
-    loss_rows = np.empty(R, _F64)
+    # per-row losses for "none"; else the kernels' partial sums (CE_LANES
+    # per CE_ROWS rows), without a buffer of R losses written and read back
+    if reduction == "none":
+        loss_rows, partial = np.empty(R, _F64), _NONE[_F64]
+    else:
+        loss_rows, partial = _NONE[_F64], np.empty(-(-R // CE_ROWS) * CE_LANES, _F64)
     if soft:
         P = _rows(t, ax, cdt)
         if want_grad:
             buf, copy_to = _rows_out(out, ax, R, C, cdt)
             _dispatch.call("ce_soft_loss_grad", be, X, P, w, eps, z, s, ce_scale, z_scale,
-                           gscalar, gout, loss_rows, buf, work=X.size)
+                           gscalar, gout, loss_rows, partial, buf, work=X.size)
         else:
             _dispatch.call("ce_soft_loss", be, X, P, w, eps, z, s, ce_scale, z_scale,
-                           loss_rows, work=X.size)
+                           loss_rows, partial, work=X.size)
     else:
         if want_grad:
             buf, copy_to = _rows_out(out, ax, R, C, cdt)
             _dispatch.call("ce_loss_grad", be, X, t64, w, ii, eps, z, s, ce_scale, z_scale,
-                           gscalar, gout, loss_rows, buf, work=X.size)
+                           gscalar, gout, loss_rows, partial, buf, work=X.size)
         else:
             _dispatch.call("ce_loss", be, X, t64, w, ii, eps, z, s, ce_scale, z_scale,
-                           loss_rows, work=X.size)
+                           loss_rows, partial, work=X.size)
 
     if reduction == "none":
         loss = loss_rows.astype(cdt).reshape(row_shape)
         if loss.ndim == 0:
             loss = loss[()]
     else:
-        loss = cdt.type(_total(loss_rows))
+        loss = cdt.type(_total(partial))
     if not want_grad:
         return loss
     return loss, _finish_rows(buf, copy_to, out, x.shape, ax)

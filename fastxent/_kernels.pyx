@@ -84,6 +84,7 @@ cdef extern from "_kernels_simd.h" nogil:
     double fx_sumexp_f64(const double *, double, double *, int64_t, int64_t,
                          const double *, double *)
     float fx_expf_any(float)
+    void fx_group_sums(const double *l, int64_t n, double *sp)
     double fx_exp_any(double)
     const char *fx_select(int level)
     const char *fx_isa()
@@ -100,6 +101,15 @@ ctypedef fused floating:
 #: Elements per partial sum of the binary cross-entropy kernels (all backends).
 BCE_BLOCK = 16384
 cdef int64_t _BCE_BLOCK = 16384
+#: Rows per group of the cross-entropy kernels' partial sums (all backends):
+#: the losses of a group's rows r go to its CE_LANES sums by r % CE_LANES
+#: (see _group_sums); thread chunks start at multiples of it (``_split``).
+CE_ROWS = 64
+CE_LANES = 8
+cdef int64_t _CE_ROWS = 64
+# Rows whose losses one thread keeps in a scratch buffer at a time when it
+# only forms the partial sums (a multiple of _CE_ROWS: 64 KiB, in L2)
+cdef int64_t _CE_LOSS_ROWS = 8192
 
 # Below this many elements per thread, extra threads cost more than they save
 # (an OpenMP fork/join is a few microseconds, about 16K exps at 0.5 ns).
@@ -402,10 +412,24 @@ def log_softmax(X, out, int nthreads=1):
 
 
 cdef inline int64_t _split(int64_t R, int64_t k, int nt) noexcept nogil:
-    """Row where thread chunk ``k`` of ``nt`` starts (a multiple of 8)."""
+    """Row where thread chunk ``k`` of ``nt`` starts (a multiple of
+    _CE_ROWS: of the few-class blocks' 16 rows, and the partial sums'
+    groups)."""
     if k >= nt:
         return R
-    return (R * k // nt) // 8 * 8
+    return (R * k // nt) // _CE_ROWS * _CE_ROWS
+
+
+cdef inline void _group_sums(const double *l, int64_t n, double *sp) noexcept nogil:
+    """The partial sums of the ``n`` losses at ``l`` (``l[0]`` at a group's
+    start): ``sp[8 (i // 64) + i % 8]`` = the sum of the ``l[i]`` with that
+    group and lane, added in row order from 0.0 (_CE_ROWS = 64 rows,
+    CE_LANES = 8 lanes; a group's missing rows add nothing).  Lanes rather
+    than runs of consecutive rows so that the sums are 8 independent chains
+    that vectorise (fx_group_sums, compiled per instruction set: one 8-wide
+    add per 8 rows with AVX-512).  Summed per run of 8 rows, the adds cost
+    what NumPy's pass over all the losses did (measured)."""
+    fx_group_sums(l, n, sp)
 
 
 cdef inline bint _stream(int64_t R, int64_t C, size_t item) noexcept nogil:
@@ -416,21 +440,57 @@ cdef inline bint _stream(int64_t R, int64_t C, size_t item) noexcept nogil:
 
 cdef int _ce_chunk(const fx_ce_args *A, const floating *x, const int64_t *t,
                    int64_t ign, const double *gp, double gscalar, double *lp,
-                   floating *g, int64_t r0, int64_t r1,
+                   double *sp, floating *g, int64_t r0, int64_t r1,
                    bint stream) noexcept nogil:
-    """Rows [r0, r1) on one thread; 1 if the softcap scratch row failed."""
+    """Rows [r0, r1) on one thread (r0 a multiple of _CE_ROWS); 1 if a
+    scratch buffer failed.  With ``sp`` (partial sums) and no ``lp``, the
+    rows go _CE_LOSS_ROWS at a time with their losses in a scratch buffer,
+    summed from there: no per-row buffer of R losses written and read back
+    (at (262144, 10) float32 that buffer and NumPy's sum of it cost ~60 us
+    of a ~1.1 ms call on 2 threads).  A short chunk's losses go to the
+    stack (a 64 KiB malloc and free cost an (8, 10) call 0.6 us)."""
     cdef double *scratch = NULL
     cdef floating *gs = NULL
+    cdef double *lb = NULL
+    cdef double lsmall[256]
+    cdef int64_t a, b, C = A.C
     cdef int bad = 0
     if A.softcap != 0.0:
-        scratch = <double *>malloc(A.C * sizeof(double))
+        scratch = <double *>malloc(C * sizeof(double))
         bad = scratch == NULL
     if stream and g != NULL:
-        gs = <floating *>malloc(A.C * sizeof(floating))
-    if floating is float:
-        fx_ce_rows_f32(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
+        gs = <floating *>malloc(C * sizeof(floating))
+    if sp == NULL or lp != NULL:
+        if floating is float:
+            fx_ce_rows_f32(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
+        else:
+            fx_ce_rows_f64(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
+        if sp != NULL:
+            _group_sums(lp + r0, r1 - r0, sp + r0 // 8)
     else:
-        fx_ce_rows_f64(A, x, t, ign, gp, gscalar, lp, g, r0, r1, scratch, gs)
+        if r1 - r0 <= 256:
+            lb = lsmall
+        else:
+            lb = <double *>malloc(_CE_LOSS_ROWS * sizeof(double))
+            bad = lb == NULL
+        a = r0
+        while lb != NULL and a < r1:
+            b = a + _CE_LOSS_ROWS if a + _CE_LOSS_ROWS < r1 else r1
+            # rows [a, b) as rows [0, b - a) of arrays that start at row a
+            if floating is float:
+                fx_ce_rows_f32(A, x + a * C, t + a, ign,
+                               gp + a if gp != NULL else NULL, gscalar, lb,
+                               g + a * C if g != NULL else NULL, 0, b - a,
+                               scratch, gs)
+            else:
+                fx_ce_rows_f64(A, x + a * C, t + a, ign,
+                               gp + a if gp != NULL else NULL, gscalar, lb,
+                               g + a * C if g != NULL else NULL, 0, b - a,
+                               scratch, gs)
+            _group_sums(lb, b - a, sp + a // 8)
+            a = b
+        if lb != lsmall:
+            free(lb)
     free(scratch)
     free(gs)
     return bad
@@ -463,10 +523,12 @@ ctypedef struct _ce_ops:
     const void *w       # NULL: no weights
     const double *gp    # NULL: gscalar for every row
     double *lp          # NULL: no per-row losses
+    double *sp          # NULL: no partial sums (per _CE_ROWS rows)
     void *g             # NULL: no gradient
 
 
-cdef int _ce_operands(X, weight, gout, loss_out, grad_out, _ce_ops *o) except -1:
+cdef int _ce_operands(X, weight, gout, loss_out, partial, grad_out,
+                      _ce_ops *o) except -1:
     """The operands both cross-entropy kernels take, checked (see ``_data``)."""
     o.tn = _ftype(X)
     o.x = _data(X, o.tn, 2, -1, -1, 0, 0, "X")
@@ -475,6 +537,8 @@ cdef int _ce_operands(X, weight, gout, loss_out, grad_out, _ce_ops *o) except -1
     o.w = _data(weight, o.tn, 1, o.C, -1, 0, 1, "weight")
     o.gp = <const double *>_data(gout, _F64, 1, o.R, -1, 0, 1, "gout")
     o.lp = <double *>_data(loss_out, _F64, 1, o.R, -1, 1, 1, "loss_out")
+    o.sp = <double *>_data(partial, _F64, 1, (o.R + _CE_ROWS - 1) // _CE_ROWS * 8,
+                           -1, 1, 1, "partial")
     o.g = NULL
     if grad_out is not None:
         o.g = _data(grad_out, o.tn, 2, o.R, o.C, 1, 0, "grad_out")
@@ -499,8 +563,8 @@ cdef void _ce_args_set(fx_ce_args *A, int64_t C, const void *w, double eps,
 cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
                   const floating *w, int64_t ignore_index, double eps,
                   double z, double softcap, double ce_scale, double z_scale,
-                  double gscalar, const double *gp, double *lp, floating *g,
-                  int nthreads, int *failed) noexcept nogil:
+                  double gscalar, const double *gp, double *lp, double *sp,
+                  floating *g, int nthreads, int *failed) noexcept nogil:
     cdef fx_ce_args A
     cdef int64_t c
     cdef Py_ssize_t k
@@ -512,11 +576,11 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
         for c in range(C):
             A.wsum += w[c]
     if nt == 1:
-        failed[0] = _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, g, 0, R,
-                              _stream(R, C, sizeof(floating)))
+        failed[0] = _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
+                              0, R, _stream(R, C, sizeof(floating)))
         return
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, g,
+        bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
                          _split(R, k, nt), _split(R, k + 1, nt),
                          _stream(R, C, sizeof(floating)))
     failed[0] = bad
@@ -525,10 +589,10 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
 cdef int _ce_int_call(X, target, weight, int64_t ignore_index, double eps,
                       double z, double softcap, double ce_scale,
                       double z_scale, double gscalar, gout, loss_out,
-                      grad_out, int nthreads) except -1:
+                      partial, grad_out, int nthreads) except -1:
     cdef _ce_ops o
     cdef int failed = 0
-    _ce_operands(X, weight, gout, loss_out, grad_out, &o)
+    _ce_operands(X, weight, gout, loss_out, partial, grad_out, &o)
     cdef const int64_t *t = <const int64_t *>_data(target, _I64, 1, o.R, -1, 0, 0, "target")
     if o.R == 0 or o.C == 0:
         return 0
@@ -536,40 +600,42 @@ cdef int _ce_int_call(X, target, weight, int64_t ignore_index, double eps,
         if o.tn == _F32:
             _ce_int(<const float *>o.x, o.R, o.C, t, <const float *>o.w,
                     ignore_index, eps, z, softcap, ce_scale, z_scale, gscalar,
-                    o.gp, o.lp, <float *>o.g, nthreads, &failed)
+                    o.gp, o.lp, o.sp, <float *>o.g, nthreads, &failed)
         else:
             _ce_int(<const double *>o.x, o.R, o.C, t, <const double *>o.w,
                     ignore_index, eps, z, softcap, ce_scale, z_scale, gscalar,
-                    o.gp, o.lp, <double *>o.g, nthreads, &failed)
+                    o.gp, o.lp, o.sp, <double *>o.g, nthreads, &failed)
     if failed:
-        raise MemoryError("fastxent: no memory for the softcap scratch rows")
+        raise MemoryError("fastxent: no memory for the kernel's scratch rows")
     return 0
 
 
 def ce_loss(X, target, weight, int64_t ignore_index, double eps, double z,
-            double softcap, double ce_scale, double z_scale, loss_out,
+            double softcap, double ce_scale, double z_scale, loss_out, partial,
             int nthreads=1):
     """Per-row cross-entropy with integer targets (see the module docstring)."""
     _ce_int_call(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
-                 z_scale, 0.0, None, loss_out, None, nthreads)
+                 z_scale, 0.0, None, loss_out, partial, None, nthreads)
 
 
 def ce_loss_grad(X, target, weight, int64_t ignore_index, double eps,
                  double z, double softcap, double ce_scale, double z_scale,
-                 double gscalar, gout, loss_out, grad_out, int nthreads=1):
+                 double gscalar, gout, loss_out, partial, grad_out,
+                 int nthreads=1):
     """Per-row cross-entropy with integer targets and its gradient
     (``grad_out`` may be ``X``)."""
     _ce_int_call(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
-                 z_scale, gscalar, gout, loss_out, grad_out, nthreads)
+                 z_scale, gscalar, gout, loss_out, partial, grad_out, nthreads)
 
 
 # ----------------------------------------------- cross-entropy, soft targets
 
 
 cdef int _soft_chunk(const fx_ce_args *A, const floating *x, const floating *p,
-                     const double *gp, double gscalar, double *lp, floating *g,
-                     int64_t r0, int64_t r1) noexcept nogil:
-    """Rows [r0, r1) on one thread; 1 if the softcap scratch row failed."""
+                     const double *gp, double gscalar, double *lp, double *sp,
+                     floating *g, int64_t r0, int64_t r1) noexcept nogil:
+    """Rows [r0, r1) on one thread (r0 a multiple of _CE_ROWS); 1 if the
+    softcap scratch row failed."""
     cdef int64_t i, C = A.C
     cdef double *scratch = NULL
     cdef double loss, gn
@@ -587,6 +653,10 @@ cdef int _soft_chunk(const fx_ce_args *A, const floating *x, const floating *p,
                                    g + i * C if g != NULL else NULL, scratch)
         if lp != NULL:
             lp[i] = loss
+        if sp != NULL:  # as _group_sums: by lane, in row order from 0.0
+            if i % _CE_ROWS == 0:
+                memset(&sp[i // 8], 0, 8 * sizeof(double))
+            sp[i // _CE_ROWS * 8 + i % 8] += loss
     free(scratch)
     return 0
 
@@ -594,28 +664,28 @@ cdef int _soft_chunk(const fx_ce_args *A, const floating *x, const floating *p,
 cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
                    const floating *w, double eps, double z, double softcap,
                    double ce_scale, double z_scale, double gscalar,
-                   const double *gp, double *lp, floating *g, int nthreads,
-                   int *failed) noexcept nogil:
+                   const double *gp, double *lp, double *sp, floating *g,
+                   int nthreads, int *failed) noexcept nogil:
     cdef fx_ce_args A
     cdef Py_ssize_t k
     cdef int nt = _threads(nthreads, R * C)
     cdef int bad = 0
     _ce_args_set(&A, C, w, eps, z, softcap, ce_scale, z_scale)
     if nt == 1:
-        failed[0] = _soft_chunk(&A, x, p, gp, gscalar, lp, g, 0, R)
+        failed[0] = _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g, 0, R)
         return
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        bad += _soft_chunk(&A, x, p, gp, gscalar, lp, g, _split(R, k, nt),
+        bad += _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g, _split(R, k, nt),
                            _split(R, k + 1, nt))
     failed[0] = bad
 
 
 cdef int _ce_soft_call(X, P, weight, double eps, double z, double softcap,
                        double ce_scale, double z_scale, double gscalar, gout,
-                       loss_out, grad_out, int nthreads) except -1:
+                       loss_out, partial, grad_out, int nthreads) except -1:
     cdef _ce_ops o
     cdef int failed = 0
-    _ce_operands(X, weight, gout, loss_out, grad_out, &o)
+    _ce_operands(X, weight, gout, loss_out, partial, grad_out, &o)
     cdef const void *p = _data(P, o.tn, 2, o.R, o.C, 0, 0, "P")
     if o.R == 0 or o.C == 0:
         return 0
@@ -623,29 +693,30 @@ cdef int _ce_soft_call(X, P, weight, double eps, double z, double softcap,
         if o.tn == _F32:
             _ce_soft(<const float *>o.x, <const float *>p, o.R, o.C,
                      <const float *>o.w, eps, z, softcap, ce_scale, z_scale,
-                     gscalar, o.gp, o.lp, <float *>o.g, nthreads, &failed)
+                     gscalar, o.gp, o.lp, o.sp, <float *>o.g, nthreads, &failed)
         else:
             _ce_soft(<const double *>o.x, <const double *>p, o.R, o.C,
                      <const double *>o.w, eps, z, softcap, ce_scale, z_scale,
-                     gscalar, o.gp, o.lp, <double *>o.g, nthreads, &failed)
+                     gscalar, o.gp, o.lp, o.sp, <double *>o.g, nthreads, &failed)
     if failed:
         raise MemoryError("fastxent: no memory for the softcap scratch rows")
     return 0
 
 
 def ce_soft_loss(X, P, weight, double eps, double z, double softcap,
-                 double ce_scale, double z_scale, loss_out, int nthreads=1):
+                 double ce_scale, double z_scale, loss_out, partial,
+                 int nthreads=1):
     """Per-row cross-entropy with probability targets."""
     _ce_soft_call(X, P, weight, eps, z, softcap, ce_scale, z_scale, 0.0, None,
-                  loss_out, None, nthreads)
+                  loss_out, partial, None, nthreads)
 
 
 def ce_soft_loss_grad(X, P, weight, double eps, double z, double softcap,
                       double ce_scale, double z_scale, double gscalar, gout,
-                      loss_out, grad_out, int nthreads=1):
+                      loss_out, partial, grad_out, int nthreads=1):
     """Per-row cross-entropy with probability targets and its gradient."""
     _ce_soft_call(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
-                  gout, loss_out, grad_out, nthreads)
+                  gout, loss_out, partial, grad_out, nthreads)
 
 
 # ------------------------------------------------------ binary cross-entropy

@@ -134,6 +134,7 @@ static inline void fx_sfence(void)
 typedef struct {
     FX_TABLE(float, f32)
     FX_TABLE(double, f64)
+    void (*group_sums)(const double *, int64_t, double *);
     const char *isa;
 } fx_table;
 
@@ -210,12 +211,14 @@ static const char *fx_select(int level)
     if (level >= 2 && fx_cpu_has_avx512()) {
         FX_FILL(fx_k, f32, avx512)
         FX_FILL(fx_k, f64, avx512)
+        fx_k.group_sums = fx_group_sums_avx512;
         fx_k.isa = "avx512";
         return fx_k.isa;
     }
     if (level >= 1 && fx_cpu_has_avx2()) {
         FX_FILL(fx_k, f32, avx2)
         FX_FILL(fx_k, f64, avx2)
+        fx_k.group_sums = fx_group_sums_avx2;
         fx_k.isa = "avx2+fma";
         return fx_k.isa;
     }
@@ -223,6 +226,7 @@ static const char *fx_select(int level)
     (void)level;
     FX_FILL(fx_k, f32, base)
     FX_FILL(fx_k, f64, base)
+    fx_k.group_sums = fx_group_sums_base;
     fx_k.isa = FX_BASE_NAME;
     return fx_k.isa;
 }
@@ -245,6 +249,7 @@ static const char *fx_isa(void) { return fx_k.isa; }
 #define fx_bcel_block_f64 (fx_k.bcel_block_f64)
 #define fx_sumexp_f32 (fx_k.sumexp_f32)
 #define fx_sumexp_f64 (fx_k.sumexp_f64)
+#define fx_group_sums (fx_k.group_sums)
 #define fx_expf_any (fx_k.expf_f32)
 #define fx_exp_any (fx_k.exp_f64)
 

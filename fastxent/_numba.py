@@ -62,7 +62,7 @@ import math
 
 import numpy as np
 
-from ._reference import BCE_BLOCK
+from ._reference import BCE_BLOCK, CE_ROWS
 
 if importlib.util.find_spec("numba") is None:  # checked cheaply, without importing it
     raise ImportError("numba is not installed")
@@ -87,7 +87,7 @@ _FLAT_ELEMENTS = 2048
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
 _scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
-_f64_bits = _bits_f64 = None
+_f64_bits = _bits_f64 = _lanes8 = None
 prange = range
 
 _NAN = float("nan")
@@ -317,6 +317,9 @@ _PF_BLOCK = 256
 _SUM_BLOCK = 64
 #: ... and of the blocks before the row's last 255 elements (see _row_expsum).
 _SUM_BIG = 256
+#: Rows whose losses a thread keeps in a scratch row when it forms only the
+#: partial sums (_ce_int_chunk; a multiple of CE_ROWS, 64 KiB).
+_CE_LOSS_ROWS = 8192
 
 
 def _row_expstore(v, shift, e, vn):
@@ -677,9 +680,10 @@ def _ce_row_coefs(gn, wy, eps, z, wsum, C, ce_scale, z_scale, lse):
 
 def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                  ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
-                 do_grad, r0, r1):
+                 do_grad, r0, r1, l0):
     """Rows ``r0:r1`` of ``_ce_int`` (reference); ``grad_out`` unused unless
-    ``do_grad``. IN: X, target, weight, gout. OUT: loss_out, grad_out."""
+    ``do_grad``; row ``r``'s loss goes to ``loss_out[r - l0]``. IN: X,
+    target, weight, gout. OUT: loss_out, grad_out."""
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
@@ -695,7 +699,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
     if not capped and C < _FLAT_C:
         _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale,
                      z_scale, gscalar, gout, loss_out, grad_out, wsum,
-                     do_grad, r0, r1)
+                     do_grad, r0, r1, l0)
         return
     xs = np.empty(C if capped else 0, np.float64)  # softcapped row (scratch)
     buf = np.empty(C if inplace else 0, X.dtype)  # the row, copied in place
@@ -703,7 +707,7 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
     for r in range(r0, r1):
         y = target[r]
         if y == ignore_index:
-            loss_out[r] = 0.0
+            loss_out[r - l0] = 0.0
             if do_grad:
                 _fill(grad_out[r], _as(grad_out, 0.0))
             continue
@@ -744,11 +748,11 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):
-            loss_out[r] = _NAN
+            loss_out[r - l0] = _NAN
             if do_grad:
                 _fill(grad_out[r], _as(grad_out, _NAN))
             continue
-        loss_out[r] = _ce_row_loss(shift, xy, logs, sx, wy, eps, z, wsum, C,
+        loss_out[r - l0] = _ce_row_loss(shift, xy, logs, sx, wy, eps, z, wsum, C,
                                    ce_scale, z_scale)
         if not do_grad:
             continue
@@ -977,7 +981,8 @@ def _softmax_flat(X, out, log, r0, r1):
 
 
 def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
-                 gscalar, gout, loss_out, grad_out, wsum, do_grad, r0, r1):
+                 gscalar, gout, loss_out, grad_out, wsum, do_grad, r0, r1,
+                 l0):
     """``_ce_int_rows`` for few classes, no softcap: blocks of ``nr`` rows
     copied transposed into a scratch ``T[c, j]`` (class-major), so that every
     per-row step is a loop over the block's rows that LLVM vectorises (a
@@ -1100,7 +1105,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             s = rb[j] + eyb[j]
             sb[j] = s if s >= 1.0 else 1.0
         # per row, branch-free (vectorised): log S, loss, pass-3 coefficients
-        lob = loss_out[q0:q0 + nr]
+        lob = loss_out[q0 - l0:q0 - l0 + nr]
         for j in range(nr):
             y = tb[j]
             s = rb[j] + eyb[j]
@@ -1156,9 +1161,10 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
 
 
 def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                  gscalar, gout, loss_out, grad_out, do_grad, r0, r1):
-    """Rows ``r0:r1`` of ``_ce_soft`` (reference). IN: X, P, weight, gout.
-    OUT: loss_out, grad_out (unused unless ``do_grad``)."""
+                  gscalar, gout, loss_out, grad_out, do_grad, r0, r1, l0):
+    """Rows ``r0:r1`` of ``_ce_soft`` (reference), row ``r``'s loss to
+    ``loss_out[r - l0]``. IN: X, P, weight, gout. OUT: loss_out, grad_out
+    (unused unless ``do_grad``)."""
     C = X.shape[1]
     has_w = weight.shape[0] > 0
     has_g = gout.shape[0] > 0
@@ -1191,7 +1197,7 @@ def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
         logs = np.log(s)
         lse = shift + logs
         if not np.isfinite(lse):
-            loss_out[r] = _NAN
+            loss_out[r - l0] = _NAN
             if do_grad:
                 _fill(grad_out[r], _as(grad_out, _NAN))
             continue
@@ -1199,7 +1205,7 @@ def _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
         loss = ce_scale * (q * logs - t)
         if z > 0.0:
             loss += z_scale * (z * lse * lse)
-        loss_out[r] = loss
+        loss_out[r - l0] = loss
         if not do_grad:
             continue
         # d_c = a (p_c Q - wq_c) + 2 b z lse p_c = e_c K - a wq_c
@@ -1437,31 +1443,101 @@ def _log_softmax_par(X, out, nchunks):
         _log_softmax_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
 
 
+def _row_split(k, n, nchunks):
+    """Start of the ``k``-th of ``nchunks`` chunks of ``range(n)`` rows: a
+    multiple of ``CE_ROWS`` (the partial sums' groups), as the Cython
+    kernels split."""
+    return n if k >= nchunks else k * n // nchunks // CE_ROWS * CE_ROWS
+
+
+def _group_sums(l, n, partial, p0):
+    """The partial sums of ``l[:n]`` (``l[0]`` at a group's start) to
+    ``partial[p0:]``: ``partial[p0 + 8 (i // 64) + i % 8]`` = the sum of the
+    ``l[i]`` of that group and lane, added in row order from 0.0 (CE_ROWS =
+    64 rows, CE_LANES = 8 lanes; a group's missing rows add nothing).  A
+    whole group is one 8-wide add per 8 rows (``_lanes8``; Numba's LLVM
+    runs no SLP vectoriser, so the same adds written as 8 scalar chains
+    would stay scalar)."""
+    for b in range(0, n, 64):
+        q = p0 + b // 8
+        if n - b >= 64:
+            _lanes8(l, b, partial, q)
+        else:
+            for j in range(8):
+                partial[q + j] = 0.0
+            for i in range(b, n):
+                partial[q + (i - b) % 8] += l[i]
+
+
+def _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
+                  z_scale, gscalar, gout, loss_out, partial, grad_out,
+                  do_grad, r0, r1):
+    """Rows ``r0:r1`` (``r0`` a multiple of ``CE_ROWS``) on one thread: the
+    row losses to ``loss_out`` and/or their partial sums to ``partial``; without ``loss_out``, _CE_LOSS_ROWS rows at a time with
+    their losses in a scratch row (no per-row buffer of R losses written
+    out and read back; see the Cython kernels' ``_ce_chunk``)."""
+    if loss_out.shape[0] > 0 or partial.shape[0] == 0:
+        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
+                     ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                     do_grad, r0, r1, 0)
+        if partial.shape[0] > 0:
+            _group_sums(loss_out[r0:r1], r1 - r0, partial, r0 // 8)
+        return
+    lb = np.empty(min(_CE_LOSS_ROWS, r1 - r0), np.float64)
+    for a in range(r0, r1, _CE_LOSS_ROWS):
+        b = min(r1, a + _CE_LOSS_ROWS)
+        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
+                     ce_scale, z_scale, gscalar, gout, lb, grad_out,
+                     do_grad, a, b, a)
+        _group_sums(lb, b - a, partial, a // 8)
+
+
+def _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                   gscalar, gout, loss_out, partial, grad_out, do_grad, r0,
+                   r1):
+    """``_ce_int_chunk`` for probability targets."""
+    if loss_out.shape[0] > 0 or partial.shape[0] == 0:
+        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                      gscalar, gout, loss_out, grad_out, do_grad, r0, r1, 0)
+        if partial.shape[0] > 0:
+            _group_sums(loss_out[r0:r1], r1 - r0, partial, r0 // 8)
+        return
+    lb = np.empty(min(_CE_LOSS_ROWS, r1 - r0), np.float64)
+    for a in range(r0, r1, _CE_LOSS_ROWS):
+        b = min(r1, a + _CE_LOSS_ROWS)
+        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                      gscalar, gout, lb, grad_out, do_grad, a, b, a)
+        _group_sums(lb, b - a, partial, a // 8)
+
+
 def _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
-                z_scale, gscalar, gout, loss_out, grad_out, do_grad, nchunks):
+                z_scale, gscalar, gout, loss_out, partial, grad_out, do_grad,
+                nchunks):
     R = X.shape[0]
     if nchunks <= 1:
-        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
-                     ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
-                     do_grad, 0, R)
+        _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap,
+                      ce_scale, z_scale, gscalar, gout, loss_out, partial,
+                      grad_out, do_grad, 0, R)
         return
     for k in prange(nchunks):
-        _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
-                     ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
-                     do_grad, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+        _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap,
+                      ce_scale, z_scale, gscalar, gout, loss_out, partial,
+                      grad_out, do_grad, _row_split(k, R, nchunks),
+                      _row_split(k + 1, R, nchunks))
 
 
 def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
-                 gout, loss_out, grad_out, do_grad, nchunks):
+                 gout, loss_out, partial, grad_out, do_grad, nchunks):
     R = X.shape[0]
     if nchunks <= 1:
-        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                      gscalar, gout, loss_out, grad_out, do_grad, 0, R)
+        _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                       gscalar, gout, loss_out, partial, grad_out, do_grad, 0,
+                       R)
         return
     for k in prange(nchunks):
-        _ce_soft_rows(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                      gscalar, gout, loss_out, grad_out, do_grad,
-                      _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+        _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                       gscalar, gout, loss_out, partial, grad_out, do_grad,
+                       _row_split(k, R, nchunks), _row_split(k + 1, R, nchunks))
 
 
 def _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
@@ -1517,7 +1593,8 @@ _SERIAL = {
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
-    "_ce_int_rows": None, "_ce_int_flat": None, "_flat_in": None, "_flat_rows": None,
+    "_ce_int_rows": None, "_ce_int_flat": None, "_ce_int_chunk": None,
+    "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None,
     "_flat_share": None, "_flat_part": None,
     "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
     "_flat_out": None, "_softmax_flat": None,
@@ -1727,6 +1804,33 @@ def _jit_all():
 
         return impl
 
+    @intrinsic
+    def _lanes8(typingctx, src, si, dst, di):
+        # dst[di + j] = (((0.0 + src[si + j]) + src[si + 8 + j]) + ...) +
+        # src[si + 56 + j] for j < 8: one <8 x double> load and add per 8
+        # rows (plain fadds, in that order); 1-D contiguous float64 arrays,
+        # the caller keeps both ranges in bounds
+        ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                 and a.dtype == types.float64 for a in (src, dst))
+        if not ok:
+            return None
+        sig = types.void(src, si, dst, di)
+
+        def codegen(context, builder, sig, args):
+            sa, da = [context.make_array(sig.args[k])(context, builder, args[k]) for k in (0, 2)]
+            si_, di_ = [context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 3)]
+            vty = ir.VectorType(ir.DoubleType(), 8)
+            acc = ir.Constant(vty, None)  # zeroinitializer: +0.0
+            for i in range(8):
+                el = builder.gep(sa.data, [builder.add(si_, ir.Constant(si_.type, 8 * i))])
+                acc = builder.fadd(acc, builder.load(builder.bitcast(el, vty.as_pointer()), align=8))
+            builder.store(acc, builder.bitcast(builder.gep(da.data, [di_]), vty.as_pointer()), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    g["_lanes8"] = _lanes8
+
     g["_tile_t"] = tile_t("")
     g["_tile_tmax"] = tile_t("max")
     g["_tile_tscale"] = tile_t("scale")
@@ -1851,7 +1955,7 @@ def log_softmax(X, out, nthreads=1):
 
 
 def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
-            ce_scale, z_scale, loss_out, nthreads=1):
+            ce_scale, z_scale, loss_out, partial, nthreads=1):
     """Per-row cross-entropy with integer targets (see ``_reference``)."""
     R = X.shape[0]
     if R == 0:
@@ -1860,13 +1964,13 @@ def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
             and weight.flags.writeable):
         X, target, weight = _writeable(X, target, weight)
     _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
-                z_scale, 0.0, _EMPTY_F64, loss_out,
+                z_scale, 0.0, _EMPTY_F64, loss_out, partial,
                 np.empty((0, X.shape[1]), X.dtype), False,
                 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
-                 ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                 ce_scale, z_scale, gscalar, gout, loss_out, partial, grad_out,
                  nthreads=1):
     """Per-row cross-entropy with integer targets and its gradient."""
     R = X.shape[0]
@@ -1876,12 +1980,12 @@ def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
             and weight.flags.writeable and gout.flags.writeable):
         X, target, weight, gout = _writeable(X, target, weight, gout)
     _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
-                z_scale, gscalar, gout, loss_out, grad_out, True,
+                z_scale, gscalar, gout, loss_out, partial, grad_out, True,
                 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                 loss_out, nthreads=1):
+                 loss_out, partial, nthreads=1):
     """Per-row cross-entropy with probability targets."""
     R = X.shape[0]
     if R == 0:
@@ -1889,12 +1993,12 @@ def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     if not (X.flags.writeable and P.flags.writeable and weight.flags.writeable):
         X, P, weight = _writeable(X, P, weight)
     _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, 0.0,
-                 _EMPTY_F64, loss_out, np.empty((0, X.shape[1]), X.dtype),
+                 _EMPTY_F64, loss_out, partial, np.empty((0, X.shape[1]), X.dtype),
                  False, 1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 
 def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                      gscalar, gout, loss_out, grad_out, nthreads=1):
+                      gscalar, gout, loss_out, partial, grad_out, nthreads=1):
     """Per-row cross-entropy with probability targets and its gradient."""
     R = X.shape[0]
     if R == 0:
@@ -1903,7 +2007,7 @@ def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
             and weight.flags.writeable and gout.flags.writeable):
         X, P, weight, gout = _writeable(X, P, weight, gout)
     _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
-                 gout, loss_out, grad_out, True,
+                 gout, loss_out, partial, grad_out, True,
                  1 if nthreads <= 1 else _nchunks(R, nthreads))
 
 

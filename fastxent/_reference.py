@@ -15,8 +15,13 @@ Kernel contract (the same names, arguments and argument order in
   length ``C``, or length 0 for "all ones".
 * ``loss_out`` is a float64 ``(R,)`` buffer that receives each row's loss,
   already multiplied by the reduction scales: ``ce_scale * ce_n + z_scale *
-  z * lse_n**2``. The public layer sums it (pairwise, so the result does not
-  depend on the thread count) or returns it for ``reduction="none"``.
+  z * lse_n**2`` (``reduction="none"``), or length 0 for none. ``partial``
+  (float64, length ``CE_LANES * ceil(R / CE_ROWS)`` or 0) receives partial
+  sums of those losses: per group of ``CE_ROWS`` consecutive rows,
+  ``CE_LANES`` sums, lane ``j`` of the rows ``r % CE_LANES == j``, each added
+  in row order from 0.0, so that the total the public layer forms from them
+  does not depend on the thread count; the compiled kernels form them
+  without writing a per-row buffer out to memory.
 * ``grad_out`` (same shape and dtype as ``X``, may *be* ``X``) receives the
   gradient of ``sum_n g_n * loss_out[n]`` where ``g_n = gout[n]`` when
   ``gout`` (float64, ``(R,)``) is non-empty and ``gscalar`` otherwise.
@@ -46,6 +51,12 @@ import numpy as np
 
 #: Elements per partial sum of the binary cross-entropy kernels (all backends).
 BCE_BLOCK = 16384
+#: Rows per group of the cross-entropy kernels' partial sums (all backends),
+#: and the sums per group (lanes): row r's loss goes to partial[CE_LANES * (r
+#: // CE_ROWS) + r % CE_LANES]; the compiled kernels split rows between
+#: threads at multiples of CE_ROWS.
+CE_ROWS = 64
+CE_LANES = 8
 
 
 # ---------------------------------------------------------------- row helpers
@@ -177,8 +188,24 @@ def softmax(X, out, nthreads=1):
 # ------------------------------------------------ cross-entropy, int targets
 
 
+def _ce_finish(loss, loss_out, partial):
+    """Write the row losses and/or their float64 partial sums: per group of
+    ``CE_ROWS`` rows, lane ``j`` sums the losses of the rows ``r`` with ``r %
+    CE_LANES == j``, added in row order from 0.0 (as the compiled kernels
+    add them)."""
+    if loss_out.size:
+        loss_out[...] = loss
+    if partial.size:
+        groups = np.zeros((partial.size // CE_LANES, CE_ROWS // CE_LANES, CE_LANES))
+        groups.reshape(-1)[:loss.size] = loss
+        acc = np.zeros((groups.shape[0], CE_LANES))
+        for i in range(groups.shape[1]):
+            acc += groups[:, i, :]
+        partial[...] = acc.reshape(-1)
+
+
 def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
-            ce_scale, z_scale, gscalar, gout, loss_out, grad_out):
+            ce_scale, z_scale, gscalar, gout, loss_out, partial, grad_out):
     R, C = X.shape
     w = weight.astype(np.float64) if weight.size else None
     wsum = np.sum(w) if w is not None else float(C)
@@ -200,7 +227,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
         if z > 0:
             loss += z_scale * z * lse * lse
     finite = np.isfinite(lse)
-    loss_out[...] = np.where(valid, np.where(finite, loss, np.nan), 0.0)
+    _ce_finish(np.where(valid, np.where(finite, loss, np.nan), 0.0), loss_out, partial)
     if grad_out is None:
         return
 
@@ -243,25 +270,25 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
 
 
 def ce_loss(X, target, weight, ignore_index, eps, z, softcap,
-            ce_scale, z_scale, loss_out, nthreads=1):
+            ce_scale, z_scale, loss_out, partial, nthreads=1):
     """Per-row cross-entropy with integer targets (see the module docstring)."""
     _ce_int(X, target, weight, ignore_index, eps, z, softcap,
-            ce_scale, z_scale, 0.0, np.empty(0), loss_out, None)
+            ce_scale, z_scale, 0.0, np.empty(0), loss_out, partial, None)
 
 
 def ce_loss_grad(X, target, weight, ignore_index, eps, z, softcap,
-                 ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
+                 ce_scale, z_scale, gscalar, gout, loss_out, partial, grad_out,
                  nthreads=1):
     """Per-row cross-entropy with integer targets and its gradient."""
     _ce_int(X, target, weight, ignore_index, eps, z, softcap,
-            ce_scale, z_scale, gscalar, gout, loss_out, grad_out)
+            ce_scale, z_scale, gscalar, gout, loss_out, partial, grad_out)
 
 
 # ----------------------------------------------- cross-entropy, soft targets
 
 
 def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-             gscalar, gout, loss_out, grad_out):
+             gscalar, gout, loss_out, partial, grad_out):
     R, C = X.shape
     xs = _softcap(X, softcap)
     # wq_c = w_c q_c with the smoothed target q = (1 - eps) P + eps / C
@@ -279,7 +306,7 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
         if z > 0:
             loss += z_scale * z * lse * lse
     finite = np.isfinite(lse)
-    loss_out[...] = np.where(finite, loss, np.nan)
+    _ce_finish(np.where(finite, loss, np.nan), loss_out, partial)
     if grad_out is None:
         return
 
@@ -302,17 +329,17 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
 
 
 def ce_soft_loss(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                 loss_out, nthreads=1):
+                 loss_out, partial, nthreads=1):
     """Per-row cross-entropy with probability targets."""
     _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-             0.0, np.empty(0), loss_out, None)
+             0.0, np.empty(0), loss_out, partial, None)
 
 
 def ce_soft_loss_grad(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                      gscalar, gout, loss_out, grad_out, nthreads=1):
+                      gscalar, gout, loss_out, partial, grad_out, nthreads=1):
     """Per-row cross-entropy with probability targets and its gradient."""
     _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-             gscalar, gout, loss_out, grad_out)
+             gscalar, gout, loss_out, partial, grad_out)
 
 
 # ------------------------------------------------------ binary cross-entropy

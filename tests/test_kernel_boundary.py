@@ -35,7 +35,7 @@ def _ce_args(dt=F32):
         X=X, target=np.arange(R, dtype=np.int64) % C, weight=np.ones(C, dt),
         ignore_index=-100, eps=0.0, z=0.0, softcap=0.0, ce_scale=1.0,
         z_scale=1.0, gscalar=1.0, gout=np.ones(R), loss_out=np.empty(R),
-        grad_out=np.empty_like(X),
+        partial=np.empty(0), grad_out=np.empty_like(X),
     )
 
 
@@ -60,6 +60,8 @@ def test_good_arguments_run():
     ("gout", np.ones(R + 3), ValueError, "gout has shape"),
     ("loss_out", np.empty(R - 1), ValueError, "loss_out has shape"),
     ("loss_out", np.empty(R, F32), TypeError, "loss_out has dtype float32"),
+    ("partial", np.empty(2), ValueError, "partial has shape"),
+    ("partial", np.empty(1, F32), TypeError, "partial has dtype float32"),
     ("grad_out", np.empty((R, C + 1), F32), ValueError, "grad_out has shape"),
     ("grad_out", np.empty((R, C), F64), TypeError, "grad_out has dtype float64"),
     ("grad_out", np.empty((C, R), F32).T, ValueError, "C-contiguous"),
@@ -106,7 +108,10 @@ def test_softmax_family_and_soft_targets_check_shapes():
         k.logsumexp(X, np.empty(R + 1), 1)
     with pytest.raises(ValueError, match="P has shape"):
         k.ce_soft_loss(X, np.zeros((R + 1, C), F32), np.empty(0, F32), 0.0, 0.0,
-                       0.0, 1.0, 1.0, np.empty(R), 1)
+                       0.0, 1.0, 1.0, np.empty(R), np.empty(0), 1)
+    with pytest.raises(ValueError, match="partial has shape"):
+        k.ce_soft_loss(X, np.zeros((R, C), F32), np.empty(0, F32), 0.0, 0.0,
+                       0.0, 1.0, 1.0, np.empty(0), np.empty(2), 1)
 
 
 def test_bce_checks_lengths():
