@@ -1473,9 +1473,10 @@ def _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
                   z_scale, gscalar, gout, loss_out, partial, grad_out,
                   do_grad, r0, r1):
     """Rows ``r0:r1`` (``r0`` a multiple of ``CE_ROWS``) on one thread: the
-    row losses to ``loss_out`` and/or their partial sums to ``partial``; without ``loss_out``, _CE_LOSS_ROWS rows at a time with
-    their losses in a scratch row (no per-row buffer of R losses written
-    out and read back; see the Cython kernels' ``_ce_chunk``)."""
+    row losses to ``loss_out`` and/or their partial sums to ``partial``;
+    without ``loss_out``, _CE_LOSS_ROWS rows at a time with their losses in
+    a scratch row (no per-row buffer of R losses written out and read back;
+    see the Cython kernels' ``_ce_chunk``)."""
     if loss_out.shape[0] > 0 or partial.shape[0] == 0:
         _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                      ce_scale, z_scale, gscalar, gout, loss_out, grad_out,
