@@ -87,6 +87,7 @@ _FLAT_ELEMENTS = 2048
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
 _scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
+_tileh_max = _tileh_t = _tileh_scale = None
 _f64_bits = _bits_f64 = _lanes8 = None
 prange = range
 
@@ -865,9 +866,13 @@ def _flat_in(Xb, T, shb):
     """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
     ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
     tiles did it (``_tile_w``; else scalar loops).  The tiles are transposed
-    in registers; the last tile of a row (column) range overlaps the one
-    before when C (the rows) is not a multiple of W: the same values written
-    twice, no read past ``Xb``; they also take the row max (maxnum)."""
+    in registers; the last tile of a row range overlaps the one before when
+    the rows are not a multiple of W, and so does the last tile of the
+    classes when C is not a multiple of W: the same values written twice, no
+    read past ``Xb``; they also take the row max (maxnum).  In float32, 1 to
+    4 classes past the whole tiles go by a half tile (``_tileh_max``: 4
+    classes of the 8 rows) instead of a whole overlapping one: at C = 10, 12
+    classes' work instead of 16."""
     nr, C = Xb.shape
     W = _tile_w(T)  # 8 (float32) or 4 (float64), a compile-time constant
     tiled = W > 0 and C >= W and nr >= W
@@ -875,11 +880,17 @@ def _flat_in(Xb, T, shb):
         ninf = _as(T, -_INF)
         for j in range(nr):
             shb[j] = ninf
+        cw = C - C % W  # the classes of whole tiles
+        half = W == 8 and C - cw <= 4  # the rest in one half tile
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
-            for c0 in range(0, C, W):
-                cc = min(c0, C - W)
-                _tile_tmax(Xb, j, cc, T, cc, j, shb)
+            for c0 in range(0, cw, W):
+                _tile_tmax(Xb, j, c0, T, c0, j, shb)
+            if cw < C:
+                if half:
+                    _tileh_max(Xb, j, C - 4, T, C - 4, j, shb)
+                else:
+                    _tile_tmax(Xb, j, C - W, T, C - W, j, shb)
     else:
         for j in range(nr):
             m = Xb[j, 0]
@@ -894,16 +905,27 @@ def _flat_in(Xb, T, shb):
 
 def _flat_out(T, Ob, kb, scale, tiled):
     """``Ob[j, c] = T[c, j]``, times ``kb[j]`` with ``scale``: the block back,
-    by the tiles of ``_flat_in`` when it tiled (overlapping alike), else by
-    scalar loops."""
+    by the tiles of ``_flat_in`` when it tiled (overlapping and half tiles
+    alike), else by scalar loops."""
     nr, C = Ob.shape
     if tiled:
         W = _tile_w(T)
+        cw = C - C % W
+        half = W == 8 and C - cw <= 4
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
-            for c0 in range(0, C, W):
-                cc = min(c0, C - W)
+            for c0 in range(0, cw, W):
                 if scale:
+                    _tile_tscale(T, c0, j, Ob, j, c0, kb)
+                else:
+                    _tile_t(T, c0, j, Ob, j, c0, kb)
+            if cw < C:
+                cc = C - 4 if half else C - W
+                if half and scale:
+                    _tileh_scale(T, cc, j, Ob, j, cc, kb)
+                elif half:
+                    _tileh_t(T, cc, j, Ob, j, cc, kb)
+                elif scale:
                     _tile_tscale(T, cc, j, Ob, j, cc, kb)
                 else:
                     _tile_t(T, cc, j, Ob, j, cc, kb)
@@ -995,7 +1017,8 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     From ``C >= W`` (``_tile_w``: 8 float32, 4 float64) both transposes go
     by ``W x W`` tiles shuffled in registers (``_tile_t``), the last tile
     of the classes (rows) overlapping the one before it, so that no read or
-    write leaves the block; the row max comes with the tiles in (maxnum, the
+    write leaves the block (in float32 up to 4 classes past the whole tiles
+    go by a half tile, ``_tileh_*``, see ``_flat_in``); the row max comes with the tiles in (maxnum, the
     same shift as the scalar running max) and ``e_c k`` with the tiles out
     (without smoothing; with it ``e_c k - b w_c`` is formed class-major
     first).  Results are the scalar loops' bit for bit.  Measured (float32
@@ -1831,6 +1854,89 @@ def _jit_all():
         return sig, codegen
 
     g["_lanes8"] = _lanes8
+
+    def tile_half(op):
+        # tile_t's half tile, float32 only (else it does nothing: it is only
+        # reached behind ``_tile_w(T) == 8``): 4 classes of 8 rows.  op "max"
+        # (into the class-major block): dst[di + a, dj + b] = src[si + b,
+        # sj + a] for a < 4, b < 8, and v[dj:dj + 8] = maxnum(v[dj:dj + 8],
+        # the 4 dst rows); "" and "scale" (back out): dst[di + a, dj + b] =
+        # src[si + b, sj + a] (times v[sj + a]) for a < 8, b < 4.  Two 4 x 4
+        # transposes of 4-element vectors (unpacks, then 64-bit shuffles).
+        @intrinsic
+        def impl(typingctx, src, si, sj, dst, di, dj, vec):
+            ok = src == dst and isinstance(vec, types.Array) and vec.dtype == src.dtype
+            on = ok and tile_width(src) == 8
+            sig = types.void(src, si, sj, dst, di, dj, vec)
+
+            def codegen(context, builder, sig, args):
+                if not on:
+                    return context.get_dummy_value()
+                from numba.core import cgutils
+                sa, da, va = [context.make_array(sig.args[k])(context, builder, args[k])
+                              for k in (0, 3, 6)]
+                si_, sj_, di_, dj_ = [context.cast(builder, args[k], sig.args[k], types.intp)
+                                      for k in (1, 2, 4, 5)]
+                fty = sa.data.type.pointee
+                i8p = ir.IntType(8).as_pointer()
+
+                def ptr(ary, i, j, n):
+                    s0 = cgutils.unpack_tuple(builder, ary.strides, 2)[0]
+                    row = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(i, s0)])
+                    el = builder.gep(builder.bitcast(row, fty.as_pointer()), [j])
+                    return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
+
+                def vptr(j, n):
+                    return builder.bitcast(builder.gep(va.data, [j]),
+                                           ir.VectorType(fty, n).as_pointer())
+
+                def add(i, k):
+                    return builder.add(i, ir.Constant(i.type, k))
+
+                def shuf(a, b, mask):
+                    mask = list(mask)
+                    return builder.shuffle_vector(
+                        a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
+
+                def tr4(q):  # 4 x 4: out[a][b] = q[b][a]
+                    t0 = shuf(q[0], q[1], (0, 4, 1, 5))
+                    t1 = shuf(q[0], q[1], (2, 6, 3, 7))
+                    t2 = shuf(q[2], q[3], (0, 4, 1, 5))
+                    t3 = shuf(q[2], q[3], (2, 6, 3, 7))
+                    lo, hi = (0, 1, 4, 5), (2, 3, 6, 7)
+                    return [shuf(t0, t2, lo), shuf(t0, t2, hi), shuf(t1, t3, lo), shuf(t1, t3, hi)]
+
+                if op == "max":
+                    q = [builder.load(ptr(sa, add(si_, b), sj_, 4), align=4) for b in range(8)]
+                    o, p = tr4(q[:4]), tr4(q[4:])
+                    out = [shuf(o[a], p[a], range(8)) for a in range(4)]
+                    for a in range(4):
+                        builder.store(out[a], ptr(da, add(di_, a), dj_, 8), align=4)
+                    vty = ir.VectorType(fty, 8)
+                    mx = cgutils.get_or_insert_function(
+                        builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maxnum.v8f32")
+                    m = builder.call(mx, [builder.call(mx, out[0:2]), builder.call(mx, out[2:4])])
+                    vp = vptr(dj_, 8)
+                    builder.store(builder.call(mx, [builder.load(vp, align=4), m]), vp, align=4)
+                else:
+                    for g0 in (0, 4):  # dst rows g0..g0+3: src columns sj+g0..
+                        q = [builder.load(ptr(sa, add(si_, b), add(sj_, g0), 4), align=4)
+                             for b in range(4)]
+                        if op == "scale":
+                            k = builder.load(vptr(add(sj_, g0), 4), align=4)
+                            q = [builder.fmul(x, k) for x in q]
+                        out = tr4(q)
+                        for a in range(4):
+                            builder.store(out[a], ptr(da, add(di_, g0 + a), dj_, 4), align=4)
+                return context.get_dummy_value()
+
+            return sig, codegen
+
+        return impl
+
+    g["_tileh_max"] = tile_half("max")
+    g["_tileh_t"] = tile_half("")
+    g["_tileh_scale"] = tile_half("scale")
 
     g["_tile_t"] = tile_t("")
     g["_tile_tmax"] = tile_t("max")
