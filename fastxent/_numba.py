@@ -1740,6 +1740,38 @@ def _jit_all():
 
     g["_tile_w"] = _tile_w
 
+    def tile_ops(context, builder, sig, args):
+        # what the tile intrinsics' codegen shares: the arrays (src, dst,
+        # vec), the four indices as intp, the element type, and builders
+        # for &ary[i, j] (a pointer to n elements: the row by its stride),
+        # &vec[j], i + k and a shufflevector
+        from numba.core import cgutils
+        sa, da, va = [context.make_array(sig.args[k])(context, builder, args[k])
+                      for k in (0, 3, 6)]
+        idx = [context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2, 4, 5)]
+        fty = sa.data.type.pointee
+        i8p = ir.IntType(8).as_pointer()
+
+        def ptr(ary, i, j, n):
+            s0 = cgutils.unpack_tuple(builder, ary.strides, 2)[0]
+            row = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(i, s0)])
+            el = builder.gep(builder.bitcast(row, fty.as_pointer()), [j])
+            return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
+
+        def vptr(j, n):  # &vec[j] (1-D, contiguous)
+            el = builder.gep(va.data, [j])
+            return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
+
+        def add(i, k):
+            return builder.add(i, ir.Constant(i.type, k))
+
+        def shuf(a, b, mask):
+            mask = list(mask)
+            return builder.shuffle_vector(
+                a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
+
+        return (sa, da, va), idx, fty, ptr, vptr, add, shuf
+
     def tile_t(op):
         # dst[di + a, dj + b] = src[si + b, sj + a] for a, b < w (w =
         # tile_width, all arrays of one dtype; the caller keeps the tile in
@@ -1762,33 +1794,10 @@ def _jit_all():
                 if w == 0:
                     return context.get_dummy_value()
                 from numba.core import cgutils
-                sa, da, va = [context.make_array(sig.args[k])(context, builder, args[k])
-                              for k in (0, 3, 6)]
-                si_, sj_, di_, dj_ = [context.cast(builder, args[k], sig.args[k], types.intp)
-                                      for k in (1, 2, 4, 5)]
-                fty = sa.data.type.pointee
+                (sa, da, va), (si_, sj_, di_, dj_), fty, ptr, vptr, add, shuf = tile_ops(
+                    context, builder, sig, args)
                 h = w // 2
                 al = 4 if w == 8 else 8
-                i8p = ir.IntType(8).as_pointer()
-
-                def ptr(ary, i, j, n):
-                    # &ary[i, j] as a pointer to n elements
-                    s0 = cgutils.unpack_tuple(builder, ary.strides, 2)[0]
-                    row = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(i, s0)])
-                    el = builder.gep(builder.bitcast(row, fty.as_pointer()), [j])
-                    return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
-
-                def vptr(j, n):  # &vec[j] (1-D, contiguous)
-                    el = builder.gep(va.data, [j])
-                    return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
-
-                def add(i, k):
-                    return builder.add(i, ir.Constant(i.type, k))
-
-                def shuf(a, b, mask):
-                    mask = list(mask)
-                    return builder.shuffle_vector(
-                        a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
 
                 def tr(q):  # in-lane transpose of h vectors
                     if w == 4:  # 2 x 2 in each 128-bit lane
@@ -1873,30 +1882,8 @@ def _jit_all():
                 if not on:
                     return context.get_dummy_value()
                 from numba.core import cgutils
-                sa, da, va = [context.make_array(sig.args[k])(context, builder, args[k])
-                              for k in (0, 3, 6)]
-                si_, sj_, di_, dj_ = [context.cast(builder, args[k], sig.args[k], types.intp)
-                                      for k in (1, 2, 4, 5)]
-                fty = sa.data.type.pointee
-                i8p = ir.IntType(8).as_pointer()
-
-                def ptr(ary, i, j, n):
-                    s0 = cgutils.unpack_tuple(builder, ary.strides, 2)[0]
-                    row = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(i, s0)])
-                    el = builder.gep(builder.bitcast(row, fty.as_pointer()), [j])
-                    return builder.bitcast(el, ir.VectorType(fty, n).as_pointer())
-
-                def vptr(j, n):
-                    return builder.bitcast(builder.gep(va.data, [j]),
-                                           ir.VectorType(fty, n).as_pointer())
-
-                def add(i, k):
-                    return builder.add(i, ir.Constant(i.type, k))
-
-                def shuf(a, b, mask):
-                    mask = list(mask)
-                    return builder.shuffle_vector(
-                        a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
+                (sa, da, va), (si_, sj_, di_, dj_), fty, ptr, vptr, add, shuf = tile_ops(
+                    context, builder, sig, args)
 
                 def tr4(q):  # 4 x 4: out[a][b] = q[b][a]
                     t0 = shuf(q[0], q[1], (0, 4, 1, 5))
