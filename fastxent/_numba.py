@@ -862,6 +862,26 @@ def _flat_prefetch(X, xa, xe, xs, O, oa, oe, os_, c, step):
     _pf_write(O, lo, hi, step)
 
 
+def _tile_plan(C, W):
+    """The class tiles of a block of ``C`` classes with ``W``-wide tiles
+    (``_tile_w``): ``(cw, h0, t1, half)``, whole tiles at ``0, W, ... < cw``,
+    then a half tile (4 classes, float32 only: W = 8) at ``h0`` if ``h0 >=
+    0``, then at ``t1`` (if ``>= 0``) a half tile if ``half`` else a whole
+    one.  The last tile overlaps the one before rather than read past the
+    row: at C = 10 whole 0-7 and half 6-9, at C = 13 whole 0-7 and 5-12, at
+    C = 6 halves 0-3 and 2-5."""
+    cw = C - C % W
+    rest = C - cw
+    hw = 4 if W == 8 else W  # the narrowest tile
+    if rest == 0:
+        return cw, -1, -1, False
+    if hw < W and cw == 0 and rest > hw:
+        return cw, 0, C - 4, True
+    if hw < W and rest <= hw:
+        return cw, -1, C - 4, True
+    return cw, -1, C - W, False
+
+
 def _flat_in(Xb, T, shb):
     """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
     ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
@@ -872,25 +892,26 @@ def _flat_in(Xb, T, shb):
     read past ``Xb``; they also take the row max (maxnum).  In float32, 1 to
     4 classes past the whole tiles go by a half tile (``_tileh_max``: 4
     classes of the 8 rows) instead of a whole overlapping one: at C = 10, 12
-    classes' work instead of 16."""
+    classes' work instead of 16; and 4 to 7 classes go by half tiles alone
+    (``_tile_plan``)."""
     nr, C = Xb.shape
     W = _tile_w(T)  # 8 (float32) or 4 (float64), a compile-time constant
-    tiled = W > 0 and C >= W and nr >= W
+    tiled = W > 0 and nr >= W and C >= (4 if W == 8 else W)
     if tiled:
         ninf = _as(T, -_INF)
         for j in range(nr):
             shb[j] = ninf
-        cw = C - C % W  # the classes of whole tiles
-        half = W == 8 and C - cw <= 4  # the rest in one half tile
+        cw, h0, t1, half = _tile_plan(C, W)
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
             for c0 in range(0, cw, W):
                 _tile_tmax(Xb, j, c0, T, c0, j, shb)
-            if cw < C:
-                if half:
-                    _tileh_max(Xb, j, C - 4, T, C - 4, j, shb)
-                else:
-                    _tile_tmax(Xb, j, C - W, T, C - W, j, shb)
+            if h0 >= 0:
+                _tileh_max(Xb, j, h0, T, h0, j, shb)
+            if t1 >= 0 and half:
+                _tileh_max(Xb, j, t1, T, t1, j, shb)
+            elif t1 >= 0:
+                _tile_tmax(Xb, j, t1, T, t1, j, shb)
     else:
         for j in range(nr):
             m = Xb[j, 0]
@@ -910,8 +931,7 @@ def _flat_out(T, Ob, kb, scale, tiled):
     nr, C = Ob.shape
     if tiled:
         W = _tile_w(T)
-        cw = C - C % W
-        half = W == 8 and C - cw <= 4
+        cw, h0, t1, half = _tile_plan(C, W)
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
             for c0 in range(0, cw, W):
@@ -919,11 +939,12 @@ def _flat_out(T, Ob, kb, scale, tiled):
                     _tile_tscale(T, c0, j, Ob, j, c0, kb)
                 else:
                     _tile_t(T, c0, j, Ob, j, c0, kb)
-            if cw < C:
-                cc = C - 4 if half else C - W
-                if half and scale:
+            for cc in (h0, t1):
+                if cc < 0:
+                    continue
+                if (half or cc == h0) and scale:
                     _tileh_scale(T, cc, j, Ob, j, cc, kb)
-                elif half:
+                elif half or cc == h0:
                     _tileh_t(T, cc, j, Ob, j, cc, kb)
                 elif scale:
                     _tile_tscale(T, cc, j, Ob, j, cc, kb)
@@ -1618,7 +1639,7 @@ _SERIAL = {
     "_chunk": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_ce_int_chunk": None,
-    "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None,
+    "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None, "_tile_plan": None,
     "_flat_share": None, "_flat_part": None,
     "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
     "_flat_out": None, "_softmax_flat": None,
