@@ -939,17 +939,19 @@ def _flat_out(T, Ob, kb, scale, tiled):
                     _tile_tscale(T, c0, j, Ob, j, c0, kb)
                 else:
                     _tile_t(T, c0, j, Ob, j, c0, kb)
-            for cc in (h0, t1):
-                if cc < 0:
-                    continue
-                if (half or cc == h0) and scale:
-                    _tileh_scale(T, cc, j, Ob, j, cc, kb)
-                elif half or cc == h0:
-                    _tileh_t(T, cc, j, Ob, j, cc, kb)
+            if h0 >= 0 and scale:
+                _tileh_scale(T, h0, j, Ob, j, h0, kb)
+            elif h0 >= 0:
+                _tileh_t(T, h0, j, Ob, j, h0, kb)
+            if t1 >= 0:
+                if half and scale:
+                    _tileh_scale(T, t1, j, Ob, j, t1, kb)
+                elif half:
+                    _tileh_t(T, t1, j, Ob, j, t1, kb)
                 elif scale:
-                    _tile_tscale(T, cc, j, Ob, j, cc, kb)
+                    _tile_tscale(T, t1, j, Ob, j, t1, kb)
                 else:
-                    _tile_t(T, cc, j, Ob, j, cc, kb)
+                    _tile_t(T, t1, j, Ob, j, t1, kb)
     elif scale:
         for j in range(nr):
             k = kb[j]
