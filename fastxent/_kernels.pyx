@@ -101,11 +101,9 @@ ctypedef fused floating:
 #: Elements per partial sum of the binary cross-entropy kernels (all backends).
 BCE_BLOCK = 16384
 cdef int64_t _BCE_BLOCK = 16384
-#: Rows per group of the cross-entropy kernels' partial sums (all backends):
-#: the losses of a group's rows r go to its CE_LANES sums by r % CE_LANES
-#: (see _group_sums); thread chunks start at multiples of it (``_split``).
-CE_ROWS = 64
-CE_LANES = 8
+# Rows per group of the cross-entropy kernels' partial sums (_reference's
+# CE_ROWS, with CE_LANES = 8 sums per group; see _group_sums); thread chunks
+# start at multiples of it (``_split``).
 cdef int64_t _CE_ROWS = 64
 # Rows whose losses one thread keeps in a scratch buffer at a time when it
 # only forms the partial sums (a multiple of _CE_ROWS: 64 KiB, in L2)
