@@ -1138,6 +1138,9 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 if wc != 0.0:
                     for j in range(nr):
                         sxb[j] += wc * (np.float64(shb[j]) - np.float64(T[c, j]))
+        # e = exp(x - shift) in place; x_y and e_y taken by selects, and e_y
+        # zeroed in T: R = sum_{c != y} e_c by a plain sum below (the
+        # gradient's target entry is written last, from e_y)
         for c in range(C):
             c32 = np.int32(c)
             for j in range(nr):
