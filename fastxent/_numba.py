@@ -882,6 +882,28 @@ def _tile_plan(C, W):
     return cw, -1, C - W, False
 
 
+def _tile_in(Xb, j, c, T, shb, half):
+    """One tile of ``_flat_in``: rows ``j`` on, classes ``c`` on, a half tile
+    (4 classes) if ``half``; inlined at Numba's level (see ``_INLINE``)."""
+    if half:
+        _tileh_max(Xb, j, c, T, c, j, shb)
+    else:
+        _tile_tmax(Xb, j, c, T, c, j, shb)
+
+
+def _tile_out(T, c, j, Ob, kb, half, scale):
+    """One tile of ``_flat_out`` (the reverse of ``_tile_in``), times the
+    row factors ``kb`` if ``scale``; inlined at Numba's level."""
+    if half and scale:
+        _tileh_scale(T, c, j, Ob, j, c, kb)
+    elif half:
+        _tileh_t(T, c, j, Ob, j, c, kb)
+    elif scale:
+        _tile_tscale(T, c, j, Ob, j, c, kb)
+    else:
+        _tile_t(T, c, j, Ob, j, c, kb)
+
+
 def _flat_in(Xb, T, shb):
     """``T[c, j] = Xb[j, c]`` (the block of rows transposed, class-major) and
     ``shb[j]`` the max of row ``j`` (NaN skipped); returns whether ``W x W``
@@ -905,13 +927,11 @@ def _flat_in(Xb, T, shb):
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
             for c0 in range(0, cw, W):
-                _tile_tmax(Xb, j, c0, T, c0, j, shb)
+                _tile_in(Xb, j, c0, T, shb, False)
             if h0 >= 0:
-                _tileh_max(Xb, j, h0, T, h0, j, shb)
-            if t1 >= 0 and half:
-                _tileh_max(Xb, j, t1, T, t1, j, shb)
-            elif t1 >= 0:
-                _tile_tmax(Xb, j, t1, T, t1, j, shb)
+                _tile_in(Xb, j, h0, T, shb, True)
+            if t1 >= 0:
+                _tile_in(Xb, j, t1, T, shb, half)
     else:
         for j in range(nr):
             m = Xb[j, 0]
@@ -935,23 +955,11 @@ def _flat_out(T, Ob, kb, scale, tiled):
         for j0 in range(0, nr, W):
             j = min(j0, nr - W)
             for c0 in range(0, cw, W):
-                if scale:
-                    _tile_tscale(T, c0, j, Ob, j, c0, kb)
-                else:
-                    _tile_t(T, c0, j, Ob, j, c0, kb)
-            if h0 >= 0 and scale:
-                _tileh_scale(T, h0, j, Ob, j, h0, kb)
-            elif h0 >= 0:
-                _tileh_t(T, h0, j, Ob, j, h0, kb)
+                _tile_out(T, c0, j, Ob, kb, False, scale)
+            if h0 >= 0:
+                _tile_out(T, h0, j, Ob, kb, True, scale)
             if t1 >= 0:
-                if half and scale:
-                    _tileh_scale(T, t1, j, Ob, j, t1, kb)
-                elif half:
-                    _tileh_t(T, t1, j, Ob, j, t1, kb)
-                elif scale:
-                    _tile_tscale(T, t1, j, Ob, j, t1, kb)
-                else:
-                    _tile_t(T, t1, j, Ob, j, t1, kb)
+                _tile_out(T, t1, j, Ob, kb, half, scale)
     elif scale:
         for j in range(nr):
             k = kb[j]
@@ -1658,6 +1666,7 @@ _SERIAL = {
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_ce_int_chunk": None,
     "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None, "_tile_plan": None,
+    "_tile_in": None, "_tile_out": None,
     "_flat_share": None, "_flat_part": None,
     "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
     "_flat_out": None, "_softmax_flat": None,
@@ -1667,7 +1676,7 @@ _SERIAL = {
 }
 #: Inlined into their callers by Numba itself: an array argument of a
 #: call LLVM does not inline costs a reference count each time.
-_INLINE = frozenset({"_flat_prefetch", "_pf_read", "_pf_write"})
+_INLINE = frozenset({"_flat_prefetch", "_pf_read", "_pf_write", "_tile_in", "_tile_out"})
 _PARALLEL = (
     "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",
     "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
