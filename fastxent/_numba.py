@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import platform
 
 import numpy as np
 
@@ -88,7 +89,7 @@ _FLAT_ELEMENTS = 2048
 _scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
 _tileh_max = _tileh_t = _tileh_scale = None
-_f64_bits = _bits_f64 = _lanes8 = None
+_f64_bits = _bits_f64 = _lanes8 = _reg = None
 prange = range
 
 _NAN = float("nan")
@@ -185,38 +186,44 @@ def _as(like, v):
 def _exp32(x):
     # the Cython kernels' fx_expf_le0, operation for operation (see
     # _kernels_isa.h): 1.0 ULP, subnormal results correctly rounded
-    xc = _E32_LO if x < _E32_LO else x  # NaN passes
-    t = xc * _E32_LOG2E + _E32_MAGIC
-    nf = t - _E32_MAGIC  # round(x / ln 2): exact, 'reassoc' would fold it
-    r = xc - nf * _E32_C1
-    r = r - nf * _E32_C2
+    # the constants through _reg: kept in registers by a loop (see _jit_all)
+    lo = _reg(_E32_LO)
+    mg = _reg(_E32_MAGIC)
+    xc = lo if x < lo else x  # NaN passes
+    t = xc * _reg(_E32_LOG2E) + mg
+    nf = t - mg  # round(x / ln 2): exact, 'reassoc' would fold it
+    r = xc - nf * _reg(_E32_C1)
+    r = r - nf * _reg(_E32_C2)
     r2 = r * r
-    a = _E32_P3 * r + _E32_P2
-    b = _E32_P5 * r + _E32_P4
-    b = _E32_P6 * r2 + b
+    a = _reg(_E32_P3) * r + _reg(_E32_P2)
+    b = _reg(_E32_P5) * r + _reg(_E32_P4)
+    b = _reg(_E32_P6) * r2 + b
     q = b * r2 + a
-    p = (q * r2 + r) + _E32_ONE
+    p = (q * r2 + r) + _reg(_E32_ONE)
     return _scale2n_f32(p, t)
 
 
 def _exp64(x):
-    xc = _E64_LO if x < _E64_LO else x
-    t = xc * 1.4426950408889634 + _E64_MAGIC
-    nf = t - _E64_MAGIC
-    r = xc - nf * _E64_C1
-    r = r - nf * _E64_C2
-    p = _E64_P11
-    p = p * r + _E64_P10
-    p = p * r + _E64_P9
-    p = p * r + _E64_P8
-    p = p * r + _E64_P7
-    p = p * r + _E64_P6
-    p = p * r + _E64_P5
-    p = p * r + _E64_P4
-    p = p * r + _E64_P3
-    p = p * r + _E64_P2
-    p = p * r + 1.0
-    p = p * r + 1.0
+    lo = _reg(_E64_LO)
+    mg = _reg(_E64_MAGIC)
+    one = _reg(1.0)
+    xc = lo if x < lo else x
+    t = xc * _reg(1.4426950408889634) + mg
+    nf = t - mg
+    r = xc - nf * _reg(_E64_C1)
+    r = r - nf * _reg(_E64_C2)
+    p = _reg(_E64_P11)
+    p = p * r + _reg(_E64_P10)
+    p = p * r + _reg(_E64_P9)
+    p = p * r + _reg(_E64_P8)
+    p = p * r + _reg(_E64_P7)
+    p = p * r + _reg(_E64_P6)
+    p = p * r + _reg(_E64_P5)
+    p = p * r + _reg(_E64_P4)
+    p = p * r + _reg(_E64_P3)
+    p = p * r + _reg(_E64_P2)
+    p = p * r + one
+    p = p * r + one
     return _scale2n_f64(p, t)
 
 
@@ -1335,11 +1342,11 @@ def _log1p32(e):
     kernels' fx_log1pf01: ``2 atanh(s)``, ``s = e / (2 + e)`` in ``[0, 1/3]``,
     as ``2 s + 2 s z P(z)``, ``z = s**2``, P of degree 3 fitted by
     tools/fit_log1pf.py (4.5e-9 relative), Estrin; no range reduction."""
-    s = e / (_F32(2.0) + e)
+    s = e / (_reg(_F32(2.0)) + e)
     z = s * s
     z2 = z * z
-    p01 = z * _F32(0.200108498) + _F32(0.333332062)
-    p23 = z * _F32(0.140122309) + _F32(0.139995694)
+    p01 = z * _reg(_F32(0.200108498)) + _reg(_F32(0.333332062))
+    p23 = z * _reg(_F32(0.140122309)) + _reg(_F32(0.139995694))
     p = z2 * p23 + p01
     s2 = s + s
     return (s2 * z) * p + s2
@@ -1702,6 +1709,35 @@ def _jit_all():
 
     g = globals()
 
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+
+    def opaque(builder, v):
+        # v through an empty inline asm (no side effects, no memory): the
+        # same value, but not a constant to LLVM, so a loop that uses it
+        # broadcasts it once before the loop and keeps it in a register.
+        # A constant instead is folded into every use as a load from the
+        # constant pool, and under Numba's large code model each such
+        # address takes a 64-bit immediate (movabs) that LLVM re-issues in
+        # the loop when it runs short of general registers: in the
+        # few-class exp loop 11 of 37 instructions per 16 elements.
+        if not x86:
+            return v
+        fn = ir.InlineAsm(ir.FunctionType(v.type, [v.type]), "",
+                          "=x,0" if isinstance(v.type, (ir.FloatType, ir.DoubleType)) else "=r,0",
+                          side_effect=False)
+        return builder.call(fn, [v], attrs=("nounwind", "readnone"))
+
+    @intrinsic
+    def _reg(typingctx, v):
+        sig = v(v)
+
+        def codegen(context, builder, sig, args):
+            return opaque(builder, args[0])
+
+        return sig, codegen
+
+    g["_reg"] = _reg
+
     def scale2n(bits, mant, ftype, fnty, bias):
         # (p * 2**(n + 64)) * 2**-64, n encoded as the low bits of t = y +
         # MAGIC: shifting t's bits left by the mantissa width keeps only n
@@ -1716,10 +1752,10 @@ def _jit_all():
                 p, t = args
                 ity = ir.IntType(bits)
                 e = builder.add(builder.shl(builder.bitcast(t, ity), ir.Constant(ity, mant)),
-                                ir.Constant(ity, (bias + 64) << mant))
+                                opaque(builder, ir.Constant(ity, (bias + 64) << mant)))
                 s = builder.bitcast(e, ftype)
                 ps = builder.fmul(p, s)
-                return builder.fmul(ps, ir.Constant(ftype, 2.0 ** -64))
+                return builder.fmul(ps, opaque(builder, ir.Constant(ftype, 2.0 ** -64)))
 
             return sig, codegen
 
