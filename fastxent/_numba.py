@@ -981,6 +981,23 @@ def _flat_out(T, Ob, kb, scale, tiled):
                 Ob[j, c] = T[c, j]
 
 
+def _sum_classes(T, nr, acc):
+    """``acc[j] += T[0, j] + T[1, j] + ... + T[C - 1, j]`` for ``j < nr``, in
+    float64, added in class order (so the same value as one class at a time,
+    and as the per-row loop and the Cython kernels add a short row), four
+    classes per pass over ``acc``: one load and store of ``acc`` per four
+    classes' adds; inlined at Numba's level (see ``_INLINE``)."""
+    C = T.shape[0]
+    c4 = C - C % 4
+    for c in range(0, c4, 4):
+        for j in range(nr):
+            acc[j] = (((acc[j] + np.float64(T[c, j])) + np.float64(T[c + 1, j]))
+                      + np.float64(T[c + 2, j])) + np.float64(T[c + 3, j])
+    for c in range(c4, C):
+        for j in range(nr):
+            acc[j] += np.float64(T[c, j])
+
+
 def _softmax_flat(X, out, log, r0, r1):
     """``_softmax_rows`` (``_log_softmax_rows`` with ``log``) for few classes,
     as ``_ce_int_flat``: blocks of rows transposed into a class-major scratch
@@ -1021,9 +1038,7 @@ def _softmax_flat(X, out, log, r0, r1):
                 E[c, j] = _exp(T[c, j] - shb[j])
             if pf:  # as _ce_int_flat; softmax measured slower with it
                 _flat_prefetch(X, xa, xe, xs, out, oa, oe, os_, c, step)
-        for c in range(C):
-            for j in range(nr):
-                sb[j] += np.float64(E[c, j])
+        _sum_classes(E, nr, sb)
         # S >= 1, else NaN (a NaN or +inf row) or 0 (all -inf): a NaN row
         if log:
             for j in range(nr):
@@ -1176,9 +1191,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             xyb[j] = np.float64(xyf[j])
             eyb[j] = np.float64(eyf[j])
             rb[j] = 0.0
-        for c in range(C):
-            for j in range(nr):
-                rb[j] += np.float64(T[c, j])
+        _sum_classes(T, nr, rb)
         # S is NaN, 0 (an all -inf row) or in [1, C]: only S >= 1 goes to
         # the log; the others give NaN rows
         for j in range(nr):
@@ -1679,14 +1692,15 @@ _SERIAL = {
     "_tile_in": None, "_tile_out": None,
     "_flat_share": None, "_flat_part": None,
     "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
-    "_flat_out": None, "_softmax_flat": None,
+    "_flat_out": None, "_softmax_flat": None, "_sum_classes": None,
     "_ce_soft_rows": None,
     "_bce_prob_blocks": _FM_RED, "_bce_logits_blocks": _FM_ELT,
     "_bcel_elem": _FM_ELT,
 }
 #: Inlined into their callers by Numba itself: an array argument of a
 #: call LLVM does not inline costs a reference count each time.
-_INLINE = frozenset({"_flat_prefetch", "_pf_read", "_pf_write", "_tile_in", "_tile_out"})
+_INLINE = frozenset({"_flat_prefetch", "_pf_read", "_pf_write", "_tile_in", "_tile_out",
+                     "_sum_classes"})
 _PARALLEL = (
     "_logsumexp_par", "_softmax_par", "_log_softmax_par", "_ce_int_par",
     "_ce_soft_par", "_bce_prob_par", "_bce_logits_par", "_threads_seen_par",
