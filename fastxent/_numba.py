@@ -921,7 +921,8 @@ def _flat_in(Xb, T, shb):
     in registers; the last tile of a row range overlaps the one before when
     the rows are not a multiple of W, and so does the last tile of the
     classes when C is not a multiple of W: the same values written twice, no
-    read past ``Xb``; they also take the row max (maxnum).  In float32, 1 to
+    read past ``Xb``; they also take the row max (NaN skipped, as maxnum:
+    ``max_into``).  In float32, 1 to
     4 classes past the whole tiles go by a half tile (``_tileh_max``: 4
     classes of the 8 rows) instead of a whole overlapping one: at C = 10, 12
     classes' work instead of 16; and 4 to 7 classes go by half tiles alone
@@ -1074,8 +1075,8 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     by ``W x W`` tiles shuffled in registers (``_tile_t``), the last tile
     of the classes (rows) overlapping the one before it, so that no read or
     write leaves the block (in float32 up to 4 classes past the whole tiles
-    go by a half tile, ``_tileh_*``, see ``_flat_in``); the row max comes with the tiles in (maxnum, the
-    same shift as the scalar running max) and ``e_c k`` with the tiles out
+    go by a half tile, ``_tileh_*``, see ``_flat_in``); the row max comes with the tiles in (NaN
+    skipped: the same shift as the scalar running max) and ``e_c k`` with the tiles out
     (without smoothing; with it ``e_c k - b w_c`` is formed class-major
     first).  Results are the scalar loops' bit for bit.  Measured (float32
     (262144, C), medians of 31 (15) alternations in one process, ms, tiles
@@ -1879,6 +1880,18 @@ def _jit_all():
 
         return (sa, da, va), idx, fty, ptr, vptr, add, shuf
 
+    def max_into(builder, p, vs, al):
+        # *p = the lane-wise max of *p and the vectors vs, NaN skipped as
+        # maxnum skips it (*p holds no NaN: the row maxima start at -inf):
+        # m = o > m ? o : m for each o in turn, one vmaxps(o, m) each (its
+        # second operand when either is NaN), where llvm.maxnum takes a
+        # max, an unordered compare and a blend.  Maxima are exact, so the
+        # order changes no value.
+        m = builder.load(p, align=al)
+        for o in vs:
+            m = builder.select(builder.fcmp_ordered(">", o, m), o, m)
+        builder.store(m, p, align=al)
+
     def tile_t(op):
         # dst[di + a, dj + b] = src[si + b, sj + a] for a, b < w (w =
         # tile_width, all arrays of one dtype; the caller keeps the tile in
@@ -1916,10 +1929,6 @@ def _jit_all():
                     lo, hi = (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)
                     return [shuf(t0, t2, lo), shuf(t0, t2, hi), shuf(t1, t3, lo), shuf(t1, t3, hi)]
 
-                vty = ir.VectorType(fty, w)
-                mx = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(vty, [vty, vty]),
-                    "llvm.maxnum.v%d%s" % (w, "f32" if w == 8 else "f64"))
                 v = []
                 for g0 in (0, h):  # columns g0..g0+h-1 of src
                     if op == "scale":
@@ -1934,10 +1943,7 @@ def _jit_all():
                 for a in range(w):
                     builder.store(out[a], ptr(da, add(di_, a), dj_, w), align=al)
                 if op == "max":
-                    while len(out) > 1:
-                        out = [builder.call(mx, out[i:i + 2]) for i in range(0, len(out), 2)]
-                    p = vptr(dj_, w)
-                    builder.store(builder.call(mx, [builder.load(p, align=al), out[0]]), p, align=al)
+                    max_into(builder, vptr(dj_, w), out, al)
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -2006,12 +2012,7 @@ def _jit_all():
                     out = [shuf(o[a], p[a], range(8)) for a in range(4)]
                     for a in range(4):
                         builder.store(out[a], ptr(da, add(di_, a), dj_, 8), align=4)
-                    vty = ir.VectorType(fty, 8)
-                    mx = cgutils.get_or_insert_function(
-                        builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maxnum.v8f32")
-                    m = builder.call(mx, [builder.call(mx, out[0:2]), builder.call(mx, out[2:4])])
-                    vp = vptr(dj_, 8)
-                    builder.store(builder.call(mx, [builder.load(vp, align=4), m]), vp, align=4)
+                    max_into(builder, vptr(dj_, 8), out, 4)
                 else:
                     for g0 in (0, 4):  # dst rows g0..g0+3: src columns sj+g0..
                         q = [builder.load(ptr(sa, add(si_, b), add(sj_, g0), 4), align=4)
