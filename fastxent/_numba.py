@@ -1913,7 +1913,6 @@ def _jit_all():
             def codegen(context, builder, sig, args):
                 if w == 0:
                     return context.get_dummy_value()
-                from numba.core import cgutils
                 (sa, da, va), (si_, sj_, di_, dj_), fty, ptr, vptr, add, shuf = tile_ops(
                     context, builder, sig, args)
                 h = w // 2
@@ -1994,7 +1993,6 @@ def _jit_all():
             def codegen(context, builder, sig, args):
                 if not on:
                     return context.get_dummy_value()
-                from numba.core import cgutils
                 (sa, da, va), (si_, sj_, di_, dj_), fty, ptr, vptr, add, shuf = tile_ops(
                     context, builder, sig, args)
 
