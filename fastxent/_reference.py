@@ -78,13 +78,17 @@ def _softcap(X, softcap):
     return xs
 
 
-def _softcap_slope(xs, softcap):
-    """``d xs / d x = 1 - tanh(x / s)**2 = 1 - (xs / s)**2``; 0 where masked."""
+def _softcap_slope(xs, softcap, out=None):
+    """``d xs / d x = 1 - tanh(x / s)**2 = 1 - (xs / s)**2``; 0 where masked.
+
+    Into ``out`` when given, which may be ``xs`` itself (one N x C temporary
+    fewer once ``xs`` has no other use)."""
+    masked = xs == -np.inf
     with np.errstate(invalid="ignore"):
-        d = np.divide(xs, xs.dtype.type(softcap))
+        d = np.divide(xs, xs.dtype.type(softcap), out=out)
         d *= d
         np.subtract(1, d, out=d)
-    d[xs == -np.inf] = 0
+    d[masked] = 0
     return d
 
 
@@ -156,7 +160,8 @@ def _shifted_weighted_rowsum(xs, shift, w, coef=None):
             k = coef[rs] if k is None else coef[rs] * k
         if k is not None:
             with np.errstate(invalid="ignore"):
-                below = np.where(k == 0, 0, below * k)
+                below *= k
+            below[np.broadcast_to(k == 0, below.shape)] = 0  # no 0 * inf
         out[rs] = np.sum(below, axis=1)
     return out
 
@@ -291,12 +296,12 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
              gscalar, gout, loss_out, partial, grad_out):
     R, C = X.shape
     xs = _softcap(X, softcap)
+    shift, logsum = _row_shift_logsum(xs)  # (its temporary freed before wq)
     # wq_c = w_c q_c with the smoothed target q = (1 - eps) P + eps / C
     wq = np.multiply(P, X.dtype.type(1 - eps), dtype=X.dtype)
     wq += X.dtype.type(eps / C)
     if weight.size:
         wq *= weight
-    shift, logsum = _row_shift_logsum(xs)
     lse = shift + logsum
     sum_wq = _rowsum64(wq)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -317,8 +322,10 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     coef = a * sum_wq
     if z > 0:
         coef = coef + b * 2 * z * lse
-    slope = _softcap_slope(xs, softcap) if softcap else None
     _probs_into(grad_out, xs, shift, logsum)
+    # xs (a temporary of its own under softcap) becomes the slope: with wq,
+    # two N x C temporaries at most
+    slope = _softcap_slope(xs, softcap, out=xs) if softcap else None
     with np.errstate(invalid="ignore", over="ignore"):
         grad_out *= coef[:, None].astype(grad_out.dtype)
         wq *= a[:, None].astype(wq.dtype)
