@@ -363,7 +363,31 @@ def _bce_finish(l, scale, loss_out, partial):
         partial[...] = np.add.reduceat(l, starts, dtype=np.float64)
 
 
-def _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out):
+#: Elements per span of the binary cross-entropy below: whole BCE_BLOCKs, so
+#: each span's partial sums are whole blocks, and the temporaries are a few
+#: spans' size instead of the inputs' (the fallback's memory stays bounded).
+_BCE_SPAN = (_BLOCK_ELEMENTS // BCE_BLOCK or 1) * BCE_BLOCK
+
+
+def _bce_spans(span_fn, A, Y, W, scale, gscalar, gout, loss_out, partial,
+               grad_out, *extra):
+    """``span_fn`` over the elements in spans of ``_BCE_SPAN`` (each call
+    gets its span's offset last); the same values as one call over all."""
+    n = A.size
+    for a in range(0, n, _BCE_SPAN):
+        b = min(n, a + _BCE_SPAN)
+
+        def cut(v):
+            return v[a:b] if v.size else v
+        span_fn(A[a:b], Y[a:b], cut(W), scale, gscalar, cut(gout),
+                cut(loss_out),
+                partial[a // BCE_BLOCK:-(-b // BCE_BLOCK)] if partial.size else partial,
+                None if grad_out is None else grad_out[a:b], *extra, a)
+
+
+def _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
+              a=0):
+    # (a, the span's offset, is not needed here)
     with np.errstate(divide="ignore", invalid="ignore"):
         # PyTorch clamps each log at -100, so p = 0 or 1 gives a finite loss
         logp = np.maximum(np.log(P), -100)
@@ -386,13 +410,15 @@ def _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out):
 
 def bce_loss(P, Y, W, scale, loss_out, partial, nthreads=1):
     """``l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100))``."""
-    _bce_prob(P, Y, W, scale, 0.0, np.empty(0), loss_out, partial, None)
+    _bce_spans(_bce_prob, P, Y, W, scale, 0.0, np.empty(0), loss_out, partial,
+               None)
 
 
 def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
                   nthreads=1):
     """Binary cross-entropy on probabilities and its (PyTorch) gradient."""
-    _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out)
+    _bce_spans(_bce_prob, P, Y, W, scale, gscalar, gout, loss_out, partial,
+               grad_out)
 
 
 def _zero_where_zero(coef, value):
@@ -401,20 +427,18 @@ def _zero_where_zero(coef, value):
         return np.where(coef == 0, 0, coef * value)
 
 
-def _bce_logits(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
-                grad_out):
-    L = PW.size or 1
-    x = X.reshape(-1, L)  # rows of the last axis, so pos_weight broadcasts
-    y = Y.reshape(-1, L)
+def _bce_logits(x, y, W, scale, gscalar, gout, loss_out, partial, grad_out,
+                PW, a=0):
+    # (the elements from a of the flattened input: pos_weight[i % L] for i)
     # l = w (pw y softplus(-x) + (1 - y) softplus(x)), which equals SPEC's
     # w ((1 - y) x + (1 + (pw - 1) y) softplus(-x)) but never forms inf - inf:
     # softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)), exact for large |x|.
-    cpos = y * PW if PW.size else y
+    cpos = y * PW[np.arange(a, a + x.size) % PW.size] if PW.size else y
     cneg = 1 - y
     e = np.exp(-np.abs(x))
     t = np.log1p(e)
     l = (_zero_where_zero(cpos, np.maximum(-x, 0) + t)
-         + _zero_where_zero(cneg, np.maximum(x, 0) + t)).reshape(-1)
+         + _zero_where_zero(cneg, np.maximum(x, 0) + t))
     if W.size:
         l *= W
     _bce_finish(l, scale, loss_out, partial)
@@ -427,7 +451,7 @@ def _bce_logits(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
     pos = x >= 0
     sig = np.where(pos, q, e * q)
     sig_neg = np.where(pos, e * q, q)
-    d = (cneg * sig - cpos * sig_neg).reshape(-1)
+    d = cneg * sig - cpos * sig_neg
     if W.size:
         d *= W
     np.multiply(d, np.asarray(g, dtype=d.dtype), out=grad_out)
@@ -435,10 +459,12 @@ def _bce_logits(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
 
 def bce_logits_loss(X, Y, W, PW, scale, loss_out, partial, nthreads=1):
     """Binary cross-entropy on logits, ``pos_weight`` along the last axis."""
-    _bce_logits(X, Y, W, PW, scale, 0.0, np.empty(0), loss_out, partial, None)
+    _bce_spans(_bce_logits, X, Y, W, scale, 0.0, np.empty(0), loss_out,
+               partial, None, PW)
 
 
 def bce_logits_loss_grad(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
                          grad_out, nthreads=1):
     """Binary cross-entropy on logits and its gradient."""
-    _bce_logits(X, Y, W, PW, scale, gscalar, gout, loss_out, partial, grad_out)
+    _bce_spans(_bce_logits, X, Y, W, scale, gscalar, gout, loss_out,
+               partial, grad_out, PW)
