@@ -99,14 +99,25 @@ def _row_shift_logsum(xs):
     formed as ``logsum + (shift - xs_y)``, exact even where ``|shift|`` dwarfs
     ``logsum``.
     """
-    m = np.max(xs, axis=1, initial=-np.inf)
-    shift = np.where(np.isfinite(m), m, 0).astype(np.float64)
+    shift = _row_shift(xs)
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.subtract(xs, shift[:, None], dtype=xs.dtype)
         np.exp(e, out=e)
-    s = _rowsum64(e)
+    return shift, _log(_rowsum64(e))
+
+
+def _row_shift(xs):
+    """Per row: the max when finite, else 0 (float64, and exact in ``xs``'s
+    dtype: ``xs - shift`` is formed in that dtype, which gives what a float64
+    subtraction rounded to it would, float64 having over 2 p + 2 bits)."""
+    m = np.max(xs, axis=1, initial=-np.inf)
+    return np.where(np.isfinite(m), m, 0).astype(np.float64)
+
+
+def _log(s):
+    """``log(s)``, quietly: ``-inf`` for 0, NaN for NaN."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return shift, np.log(s)
+        return np.log(s)
 
 
 def _row_lse(xs):
@@ -122,7 +133,7 @@ def _probs_into(out, xs, shift, logsum):
     one multiply by ``1 / sum``; exact in structure even where ``|shift|`` is huge.
     """
     with np.errstate(invalid="ignore", over="ignore"):
-        np.subtract(xs, shift[:, None], out=out, casting="same_kind")
+        np.subtract(xs, shift[:, None], out=out, dtype=out.dtype)
         np.exp(out, out=out)
         out *= np.exp(-logsum)[:, None].astype(out.dtype)
 
@@ -176,17 +187,24 @@ def logsumexp(X, out, nthreads=1):
 
 def log_softmax(X, out, nthreads=1):
     """``out[n, c] = X[n, c] - logsumexp(X[n])``; non-finite lse -> NaN row."""
-    shift, logsum = _row_shift_logsum(X)
-    with np.errstate(invalid="ignore"):
-        np.subtract(X, shift[:, None], out=out, casting="same_kind")
+    # (out may be X: X is read only before out is first written)
+    shift = _row_shift(X)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(X, shift[:, None], out=out, dtype=out.dtype)
+        logsum = _log(_rowsum64(np.exp(out)))
         out -= logsum[:, None].astype(out.dtype)
     out[~np.isfinite(shift + logsum)] = np.nan
 
 
 def softmax(X, out, nthreads=1):
     """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
-    shift, logsum = _row_shift_logsum(X)
-    _probs_into(out, X, shift, logsum)
+    # _probs_into with the exps formed once, in out (which may be X)
+    shift = _row_shift(X)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(X, shift[:, None], out=out, dtype=out.dtype)
+        np.exp(out, out=out)
+        logsum = _log(_rowsum64(out))
+        out *= np.exp(-logsum)[:, None].astype(out.dtype)
     out[~np.isfinite(shift + logsum)] = np.nan
 
 
