@@ -100,10 +100,7 @@ def _row_shift_logsum(xs):
     ``logsum``.
     """
     shift = _row_shift(xs)
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.subtract(xs, shift[:, None], dtype=xs.dtype)
-        np.exp(e, out=e)
-    return shift, _log(_rowsum64(e))
+    return shift, _log(_rowsum64(_shifted_exp_into(np.empty_like(xs), xs, shift)))
 
 
 def _row_shift(xs):
@@ -112,6 +109,20 @@ def _row_shift(xs):
     subtraction rounded to it would, float64 having over 2 p + 2 bits)."""
     m = np.max(xs, axis=1, initial=-np.inf)
     return np.where(np.isfinite(m), m, 0).astype(np.float64)
+
+
+def _shifted_exp_into(out, xs, shift):
+    """``out = exp(xs - shift)`` row-wise, in ``out``'s dtype (``out`` may be
+    ``xs``); returns ``out``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(xs, shift[:, None], out=out, dtype=out.dtype)
+        return np.exp(out, out=out)
+
+
+def _scale_rows(out, logsum):
+    """``out *= 1 / exp(logsum)`` row-wise (one multiply per element)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out *= np.exp(-logsum)[:, None].astype(out.dtype)
 
 
 def _log(s):
@@ -132,10 +143,7 @@ def _probs_into(out, xs, shift, logsum):
     The same order of operations as the compiled kernels: the shifted exp, then
     one multiply by ``1 / sum``; exact in structure even where ``|shift|`` is huge.
     """
-    with np.errstate(invalid="ignore", over="ignore"):
-        np.subtract(xs, shift[:, None], out=out, dtype=out.dtype)
-        np.exp(out, out=out)
-        out *= np.exp(-logsum)[:, None].astype(out.dtype)
+    _scale_rows(_shifted_exp_into(out, xs, shift), logsum)
 
 
 #: Elements per block where the reference needs a float64 N x C intermediate.
@@ -200,11 +208,8 @@ def softmax(X, out, nthreads=1):
     """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
     # _probs_into with the exps formed once, in out (which may be X)
     shift = _row_shift(X)
-    with np.errstate(invalid="ignore", over="ignore"):
-        np.subtract(X, shift[:, None], out=out, dtype=out.dtype)
-        np.exp(out, out=out)
-        logsum = _log(_rowsum64(out))
-        out *= np.exp(-logsum)[:, None].astype(out.dtype)
+    logsum = _log(_rowsum64(_shifted_exp_into(out, X, shift)))
+    _scale_rows(out, logsum)
     out[~np.isfinite(shift + logsum)] = np.nan
 
 
