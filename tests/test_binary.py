@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 
 import numpy as np
 import pytest
@@ -269,37 +270,49 @@ def test_bce_large_parallel_sum(backend):
     assert abs(float(m) - ref.mean()) <= 1e-6 * (ref.mean() + 1)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("variant", ["plain", "weight", "pos_weight", "both"])
-def test_bce_logits_many_blocks_elementwise(backend, variant, dtype, threads):
-    # Several BCE_BLOCK blocks per thread and a tail that is not a whole
-    # number of the kernels' inner blocks (the Numba kernel prefetches y, w
-    # and the gradient a span at a time): every element's loss and gradient
-    # against the float64 oracle, special values spread through the blocks
-    rng = np.random.default_rng(41)
+def _many_blocks_inputs(seed, dtype, variant):
+    """Logits, labels (0, 1 and fractional), weight and pos_weight for the
+    BCE-with-logits tests over several BCE blocks per thread and a tail
+    that is not a whole number of the kernels' inner blocks."""
+    rng = np.random.default_rng(seed)
     shape = (9409, 7)  # 4 * 16384 + 327 elements
     x = (4 * rng.standard_normal(shape)).astype(dtype)
-    x.flat[::1001] = np.inf
-    x.flat[7::1001] = -np.inf
-    x.flat[13::997] = 90.0
     y = rng.uniform(0, 1, shape).astype(dtype)
     y.flat[::3] = 0.0
     y.flat[1::3] = 1.0
     w = rng.uniform(0.1, 2, shape).astype(dtype) if variant in ("weight", "both") else None
     pw = rng.uniform(0.5, 3, 7).astype(dtype) if variant in ("pos_weight", "both") else None
-    ref_l, ref_g = O.bce_logits(x, y, w, pw)
+    return x, y, w, pw
+
+
+@contextlib.contextmanager
+def _threads(n):
     old = fastxent.get_num_threads()
-    fastxent.set_num_threads(threads)
+    fastxent.set_num_threads(n)
     try:
-        loss, grad = fastxent.binary_cross_entropy_with_logits_with_grad(
-            x, y, weight=w, pos_weight=pw, reduction="none", backend=backend)
+        yield
     finally:
         fastxent.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("variant", ["plain", "weight", "pos_weight", "both"])
+def test_bce_logits_many_blocks_elementwise(backend, variant, dtype, threads):
+    # every element's loss and gradient against the float64 oracle (the
+    # Numba kernel prefetches y, w and the gradient a span at a time),
+    # special values spread through the blocks
+    x, y, w, pw = _many_blocks_inputs(41, dtype, variant)
+    x.flat[::1001] = np.inf
+    x.flat[7::1001] = -np.inf
+    x.flat[13::997] = 90.0
+    ref_l, ref_g = O.bce_logits(x, y, w, pw)
+    with _threads(threads):
+        loss, grad = fastxent.binary_cross_entropy_with_logits_with_grad(
+            x, y, weight=w, pos_weight=pw, reduction="none", backend=backend)
     tol = O.loss_tol(dtype)
     np.testing.assert_allclose(loss, ref_l, rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, ref_g, rtol=O.grad_tol(dtype), atol=O.grad_tol(dtype))
-
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -307,34 +320,25 @@ def test_bce_logits_many_blocks_elementwise(backend, variant, dtype, threads):
 @pytest.mark.parametrize("variant", ["plain", "weight", "pos_weight", "both"])
 def test_bce_logits_reduced_losses_many_blocks(backend, variant, dtype, threads):
     # The batch loss of every call form (loss alone, loss with gradient;
-    # sum and mean) over several blocks and whole vectors of both signs of x
-    # and of 0, 1 and fractional labels, against the float64 oracle's sum:
-    # the kernels sum the element losses in their own loop (a loop the
-    # compiler vectorises for each combination of optional operands), so
-    # the reduced loss is checked there, not only the elements.
-    rng = np.random.default_rng(43)
-    shape = (9409, 7)  # 4 * 16384 + 327 elements
-    x = (4 * rng.standard_normal(shape)).astype(dtype)
-    x[:64] = 1.0  # runs of one sign and one label: whole vectors of them
+    # sum and mean), with whole vectors of each sign of x and of 0 and 1
+    # labels, against the float64 oracle's sum: the kernels sum the element
+    # losses in their own loop (one the compiler vectorises for each
+    # combination of optional operands), so the reduced loss is checked
+    # there, not only the elements.
+    x, y, w, pw = _many_blocks_inputs(43, dtype, variant)
+    x[:64] = 1.0
     x[64:128] = -1.0
     x.flat[13::997] = 90.0
     x.flat[17::991] = -90.0
-    y = rng.uniform(0, 1, shape).astype(dtype)
-    y.flat[::3] = 0.0
-    y.flat[1::3] = 1.0
     y[:32] = 0.0
     y[32:64] = 1.0
     y[64:96] = 0.0
     y[96:128] = 1.0
-    w = rng.uniform(0.1, 2, shape).astype(dtype) if variant in ("weight", "both") else None
-    pw = rng.uniform(0.5, 3, 7).astype(dtype) if variant in ("pos_weight", "both") else None
     ref_l, ref_g = O.bce_logits(x, y, w, pw)
     ref_l = np.asarray(ref_l, np.float64)
     # each element loss within loss_tol of its value, summed in float64
     slack = O.loss_tol(dtype) * np.abs(ref_l).sum() + 1e-9
-    old = fastxent.get_num_threads()
-    fastxent.set_num_threads(threads)
-    try:
+    with _threads(threads):
         for reduction, ref, scale in (("sum", ref_l.sum(), 1.0), ("mean", ref_l.mean(), 1.0 / x.size)):
             alone = fastxent.binary_cross_entropy_with_logits(
                 x, y, weight=w, pos_weight=pw, reduction=reduction, backend=backend)
@@ -344,8 +348,6 @@ def test_bce_logits_reduced_losses_many_blocks(backend, variant, dtype, threads)
                 assert abs(float(v) - ref) <= slack * scale, (reduction, what, float(v), ref)
             np.testing.assert_allclose(grad, ref_g * scale, rtol=O.grad_tol(dtype),
                                        atol=O.grad_tol(dtype) * scale)
-    finally:
-        fastxent.set_num_threads(old)
 
 # ------------------------------------------------------------ identity with 2-class CE
 
