@@ -349,6 +349,7 @@ def test_bce_logits_reduced_losses_many_blocks(backend, variant, dtype, threads)
             np.testing.assert_allclose(grad, ref_g * scale, rtol=O.grad_tol(dtype),
                                        atol=O.grad_tol(dtype) * scale)
 
+
 # ------------------------------------------------------------ identity with 2-class CE
 
 
