@@ -194,9 +194,11 @@ FX_ZI int fx_ce_cm16_front_f32_avx512(const float *x, const int64_t *t, int64_t 
 
 /* fx_ce_end8 and fx_ce_cm8_back_f32 for 16 rows */
 FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *st,
-                                      const double *gp, double gscalar, double *lp, float *g,
-                                      const int64_t C)
+                                      const int64_t *t, const double *gp, double gscalar,
+                                      double *lp, float *g, const int64_t C)
 {
+    double ksd[16]; /* factors beyond FLT_MAX, as fx_ce_end8 */
+    unsigned big = 0;
     const __m512d zero = _mm512_setzero_pd();
     const __m512d cs = _mm512_set1_pd(A->ce_scale);
     const int hz = A->z > 0.0, HG = g != NULL;
@@ -231,6 +233,13 @@ FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *
         ks[h] = _mm512_mul_pd(_mm512_add_pd(aw, k2), iS);
         dy[h] = _mm512_mul_pd(_mm512_sub_pd(_mm512_mul_pd(st->ey[h], k2),
                                             _mm512_mul_pd(aw, st->R[h])), iS);
+        const __mmask8 bm = _mm512_cmp_pd_mask(_mm512_abs_pd(ks[h]), _mm512_set1_pd(FLT_MAX),
+                                               _CMP_GT_OQ);
+        if (bm) {
+            _mm512_storeu_pd(ksd + 8 * h, ks[h]);
+            ks[h] = _mm512_mask_mov_pd(ks[h], bm, _mm512_set1_pd(1.0));
+            big |= (unsigned)bm << (8 * h);
+        }
     }
     if (!HG)
         return;
@@ -249,6 +258,8 @@ FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *
                                    _mm512_cmpeq_epi32_mask(st->y32, _mm512_set1_epi32((int)c)),
                                    dyT);
     fx_cm16_out_f32_avx512(eb, g, C);
+    if (big)
+        fx_ce_big_rows_f32(g, C, t, ksd, big, 16);
 }
 
 /* fx_ce_cm8_run_f32 for blocks of 16 rows from i to r1 (r1 - i a multiple
@@ -266,7 +277,7 @@ FX_ZI int64_t fx_ce_cm16_run_f32_avx512(const fx_ce_args *A, const float *x,
         const int ok = i < r1
                        && fx_ce_cm16_front_f32_avx512(x + i * C, t + i, ign, &st[cur], C);
         if (pend >= 0)
-            fx_ce_cm16_back_f32_avx512(A, &st[cur ^ 1], gp ? gp + pend : NULL,
+            fx_ce_cm16_back_f32_avx512(A, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
                                        gscalar, lp ? lp + pend : NULL,
                                        g ? g + pend * C : NULL, C);
         if (!ok)

@@ -530,12 +530,14 @@ FX_I(fx_y32)(const int64_t *t, int64_t ign, __m256i *y32)
  * x_y - sh): the vector log of S (a scalar log per row costs more than a
  * 10-class row's exps), the losses to lp (when not NULL) and, when HG, the
  * gradient's factor (a w_y + k2) / S of every e, returned in float, and the
- * target entries e_y k2 / S - a w_y R / S to dy, as fx_ce_row. */
+ * target entries e_y k2 / S - a w_y R / S to dy, as fx_ce_row.  Rows whose
+ * factor is beyond FLT_MAX get 1 (bits of *big, the factors to ksd: see
+ * fx_ce_big_rows_f32). */
 static inline __attribute__((always_inline)) FX_TARGET __m256
 FX_I(fx_ce_end8)(const fx_ce_args *A, const __m256d *S, const __m256d *R,
                 const __m256d *ey, const __m256d *sh, const __m256d *xy,
                 __m256i y32, const double *gp, double gscalar, double *lp,
-                const int HG, __m256d *dy)
+                const int HG, __m256d *dy, double *ksd, unsigned *big)
 {
     const __m256d zero = _mm256_setzero_pd();
     const __m256d cs = _mm256_set1_pd(A->ce_scale);
@@ -571,6 +573,14 @@ FX_I(fx_ce_end8)(const fx_ce_args *A, const __m256d *S, const __m256d *R,
         ks[h] = _mm256_mul_pd(_mm256_add_pd(aw, k2), iS);
         dy[h] = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(ey[h], k2),
                                             _mm256_mul_pd(aw, R[h])), iS);
+        const __m256d bg = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), ks[h]),
+                                         _mm256_set1_pd(FLT_MAX), _CMP_GT_OQ);
+        const int bm = _mm256_movemask_pd(bg);
+        if (bm) {
+            _mm256_storeu_pd(ksd + 4 * h, ks[h]);
+            ks[h] = _mm256_blendv_pd(ks[h], _mm256_set1_pd(1.0), bg);
+            *big |= (unsigned)bm << (4 * h);
+        }
     }
     return HG ? FX_I(fx_cvt2)(ks[0], ks[1]) : _mm256_setzero_ps();
 }
@@ -663,8 +673,10 @@ FX_I(fx_ce_small8_f32)(const fx_ce_args *A, const fx_small_idx *T,
     const __m256d shv[2] = {_mm256_loadu_pd(sh), _mm256_loadu_pd(sh + 4)};
     const __m256d xyv[2] = {_mm256_loadu_pd(xy), _mm256_loadu_pd(xy + 4)};
     __m256d dy[2];
+    double ksd[8];
+    unsigned big = 0;
     const __m256 ksT = FX_I(fx_ce_end8)(A, Sv, Rv, eyv, shv, xyv, y32, gp, gscalar, lp,
-                                       g != NULL, dy);
+                                       g != NULL, dy, ksd, &big);
     if (!g)
         return 1;
     float dyf[8];
@@ -674,6 +686,8 @@ FX_I(fx_ce_small8_f32)(const fx_ce_args *A, const fx_small_idx *T,
         _mm256_storeu_ps(g + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(eb + 8 * k),
                                                   _mm256_permutevar8x32_ps(ksT, ri)));
     }
+    if (big)
+        fx_ce_big_rows_f32(g, C, t, ksd, big, 8);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
     return 1;
@@ -893,8 +907,10 @@ FX_I(fx_ce_cm8_back_f32)(const fx_ce_args *A, const fx_small_idx *T,
                         double gscalar, double *lp, float *g, const int64_t C)
 {
     __m256d dy[2];
+    double ksd[8];
+    unsigned big = 0;
     const __m256 ksT = FX_I(fx_ce_end8)(A, st->S, st->R, st->ey, st->sh, st->xy, st->y32,
-                                       gp, gscalar, lp, g != NULL, dy);
+                                       gp, gscalar, lp, g != NULL, dy, ksd, &big);
     if (!g)
         return;
     float dyf[8];
@@ -903,6 +919,8 @@ FX_I(fx_ce_cm8_back_f32)(const fx_ce_args *A, const fx_small_idx *T,
     for (int64_t c = 0; c < C; c++)
         eb[c] = _mm256_mul_ps(st->eb[c], ksT);
     FX_I(fx_cm8_out_f32)(T, eb, g, C);
+    if (big)
+        fx_ce_big_rows_f32(g, C, t, ksd, big, 8);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
 }

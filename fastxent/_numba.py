@@ -495,6 +495,21 @@ def _row_scale_subw(g, k, b, w):
         g[c] = g[c] * k - b * w[c]
 
 
+def _wide(g, k):
+    """Whether the gradient factor ``k`` (float64) is finite but beyond
+    ``g``'s dtype (float32 with z_loss at logits near its max, or with a
+    large grad_output): in that dtype it is inf, and ``e_c k`` would come out
+    inf where it is finite and NaN where ``e_c = 0``."""
+    return np.isinf(_as(g, k)) and np.isfinite(k)
+
+
+def _row_scale_wide(g, k, b, w, has_w):
+    """``g_c = e_c k - b w_c`` in float64, rounded once (a ``_wide`` factor)."""
+    for c in range(g.shape[0]):
+        wc = np.float64(w[c]) if has_w else 1.0
+        g[c] = np.float64(g[c]) * k - b * wc
+
+
 def _row_softcap(x, s, xs):
     """``xs_c = s tanh(x_c / s)`` in float64, ``-inf`` kept masked.
 
@@ -772,7 +787,9 @@ def _ce_int_rows(X, target, weight, ignore_index, eps, z, softcap,
                                  wsum, C, ce_scale, z_scale, lse)
         k = (A + k2) / s
         ey = np.float64(g[y])
-        if B == 0.0:
+        if _wide(g, k):
+            _row_scale_wide(g, k, B, weight, has_w)
+        elif B == 0.0:
             _row_scale(g, _as(g, k))
         elif has_w:
             _row_scale_subw(g, _as(g, k), _as(g, B), weight)
@@ -1113,7 +1130,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     xyf = fx[3]  # x_y, taken in the exp loop
     eyf = fx[4]  # e_y, likewise
     tb = np.empty(RB, np.int32)  # target, -1 if ignored (matches no class)
-    f64 = np.empty((9, RB), np.float64)
+    f64 = np.empty((11, RB), np.float64)
     sxb = f64[0]  # sum_c w_c (shift - x_c) (smoothing)
     xyb = f64[1]  # x_y
     eyb = f64[2]  # e_y
@@ -1125,6 +1142,8 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     wyb[:] = 1.0
     gsb = f64[8]  # grad_output per row without gout
     gsb[:] = gscalar
+    kwb = f64[9]  # a _wide factor (0 in the other rows), and its row's B
+    bwb = f64[10]
     if not smooth:
         sxb[:] = 0.0
     zero = _as(T, 0.0)
@@ -1217,6 +1236,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             lb[j] = lse if good else _NAN
         if not do_grad:
             continue
+        nwide = 0
         for j in range(nr):
             lse = lb[j]
             wy = wyb[j]
@@ -1224,9 +1244,16 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                                      z_scale, lse)
             inv = 1.0 / sb[j]  # one division (vector divides are slow)
             good = lse == lse  # not a NaN row
-            k = _as(T, (A + k2) * inv)
+            k64 = (A + k2) * inv
+            # a _wide factor: the row goes out as e (factor 1, B 0) and is
+            # scaled in float64 after the block (rare)
+            wide = _wide(T, k64)
+            nwide += wide
+            kwb[j] = k64 if wide else 0.0
+            bwb[j] = B
+            k = _as(T, 1.0 if wide else k64)
             kb[j] = k if good else nan
-            bb[j] = _as(T, B)
+            bb[j] = _as(T, 0.0 if wide else B)
             dy = eyb[j] * (k2 * inv) - A * (rb[j] * inv) - B * wy
             dyb[j] = dy if good else _NAN
         Gb = grad_out[q0:q0 + nr]
@@ -1242,6 +1269,10 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                 for j in range(nr):
                     T[c, j] = T[c, j] * kb[j] - bb[j]
         _flat_out(T, Gb, kb, not smooth, tiled)
+        if nwide > 0:  # (the target's entry is written below)
+            for j in range(nr):
+                if kwb[j] != 0.0:
+                    _row_scale_wide(Gb[j], kwb[j], bwb[j], weight, has_w)
         for j in range(nr):
             y = tb[j]
             if y >= 0:
@@ -1682,7 +1713,8 @@ _SERIAL = {
     "_row_expstore": _FM_ELT, "_row_expstore_inplace": _FM_ELT,
     "_row_expsum": _FM_RED, "_row_copy": None, "_row_sum64": _FM_RED,
     "_row_scale": _FM_ELT, "_row_scale_sub": _FM_ELT,
-    "_row_scale_subw": _FM_ELT, "_row_softcap": _FM_ELT,
+    "_row_scale_subw": _FM_ELT, "_wide": None, "_row_scale_wide": None,
+    "_row_softcap": _FM_ELT,
     "_row_capslope": _FM_ELT, "_row_soft_sums": _FM_RED,
     "_row_soft_grad": _FM_ELT, "_shift_of": None,
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,

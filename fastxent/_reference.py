@@ -185,6 +185,15 @@ def _shifted_weighted_rowsum(xs, shift, w, coef=None):
     return out
 
 
+def _beyond(coef, dtype):
+    """The rows whose gradient factor ``coef`` (float64) is finite but beyond
+    ``dtype``'s range: float32 with z_loss at logits near its max, or with a
+    large grad_output.  Cast to the dtype it would be inf, and ``p_c coef``
+    inf where it is finite, NaN where ``p_c = 0``; those rows are formed in
+    float64 and rounded once, as the compiled kernels do."""
+    return np.flatnonzero(np.isfinite(coef) & (np.abs(coef) > np.finfo(dtype).max))
+
+
 # ------------------------------------------------------------ softmax family
 
 
@@ -274,6 +283,8 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     p_y = grad_out[rows, y].astype(np.float64)
     grad_out[rows, y] = 0
     pm1_y = -_rowsum64(grad_out)
+    big = _beyond(coef, grad_out.dtype)
+    p_big = grad_out[big].astype(np.float64)  # p, for the rows formed in float64
     with np.errstate(invalid="ignore", over="ignore"):
         g_y = a * (1 - eps) * wy * pm1_y + p_y * (coef - a * (1 - eps) * wy)
         if eps > 0:
@@ -292,6 +303,11 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
                     grad_out[rs] -= k[rs, None] * wrow
         if slope is not None:
             grad_out *= slope
+        if big.size:
+            d = p_big * coef[big, None]
+            if eps > 0:
+                d -= (a[big] * eps / C)[:, None] * (w[None, :] if w is not None else 1.0)
+            grad_out[big] = d * slope[big] if slope is not None else d
     grad_out[rows, y] = g_y
     grad_out[~finite] = np.nan
     grad_out[~valid] = 0.0
@@ -346,6 +362,9 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     if z > 0:
         coef = coef + b * 2 * z * lse
     _probs_into(grad_out, xs, shift, logsum)
+    big = _beyond(coef, grad_out.dtype)
+    p_big = grad_out[big].astype(np.float64)
+    wq_big = wq[big].astype(np.float64)
     # xs (a temporary of its own under softcap) becomes the slope: with wq,
     # two N x C temporaries at most
     slope = _softcap_slope(xs, softcap, out=xs) if softcap else None
@@ -355,6 +374,9 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
         grad_out -= wq
         if slope is not None:
             grad_out *= slope
+        if big.size:
+            d = p_big * coef[big, None] - a[big, None] * wq_big
+            grad_out[big] = d * slope[big] if slope is not None else d
     grad_out[~finite] = np.nan
 
 

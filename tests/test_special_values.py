@@ -264,3 +264,65 @@ def test_large_offset_logits_keep_spec_accuracy(backend, dtype, offset):
     O.assert_grad_close(fastxent.softmax(x, backend=backend), O.softmax(x, axis=-1), O.grad_tol(dtype), err_msg="softmax")
     ls = fastxent.log_softmax(x, backend=backend)
     O.assert_rowloss_close(-ls, -O.log_softmax(x, axis=-1), O.loss_tol(dtype), "log_softmax")
+
+
+# A row's gradient factor K / S (K = a w_y + smoothing + b 2 z lse) can exceed
+# the largest float32 while every gradient entry p_c K - ... is finite (or
+# exactly the smoothing constant where p_c = 0): with z_loss and logits near
+# float32's max, or with a large grad_output. Cast to float32 first, the factor
+# is inf: 0 * inf = NaN where p_c = 0 and inf where p_c K is finite (found by
+# the slow hypothesis run). Every path: one row (per-row kernel), 8 and 64 rows
+# (the few-class blocks, on each of Cython's instruction sets), 80 classes (per
+# row on every backend).
+BIG = float(np.finfo(np.float32).max)
+OVERFLOW_CASES = {
+    "z_loss, p = (1, 0, ...)": ([BIG, BIG / 2], 0, {"z_loss": 1.0}),
+    "z_loss, p = (1/2, 1/2, 0, ...)": ([3e38, 3e38], 1, {"z_loss": 1.0}),
+    "z_loss + smoothing": ([BIG, BIG / 2], 0, {"z_loss": 1.0, "label_smoothing": 0.1}),
+    "z_loss + weight": ([BIG, BIG / 2], 1, {"z_loss": 1.0, "weight": True}),
+    "grad_output": ([20.0, 0.0], 0, {"grad_output": 1e37, "weight": True}),
+    "grad_output + smoothing": ([20.0, 0.0], 0, {"grad_output": 1e37, "weight": True,
+                                                 "label_smoothing": 0.2}),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES), ids=list(OVERFLOW_CASES))
+@pytest.mark.parametrize("C", [2, 10, 80])
+@pytest.mark.parametrize("rows", [1, 8, 64])
+@pytest.mark.parametrize("soft", [False, True], ids=["int", "soft"])
+def test_gradient_factor_beyond_float32_max(backend, case, C, rows, soft):
+    import _oracle as O
+
+    head, y, opts = OVERFLOW_CASES[case]
+    x = np.zeros((rows, C), np.float32)
+    x[:, :2] = head
+    x[:, 2:] = np.linspace(-3.0, 3.0, C - 2)  # p_c = 0 beside the big logits
+    kw = dict(opts, reduction="sum")
+    if kw.pop("weight", False):
+        kw["weight"] = np.linspace(40.0, 10.0, C).astype(np.float32)
+    t = np.full(rows, y)
+    if soft:
+        t = np.zeros((rows, C), np.float32)
+        t[:, y] = 0.75
+        t[:, 1 - y] = 0.25
+    _, ref = O.cross_entropy(x.astype(np.float64), t, **kw)
+    with np.errstate(over="ignore"):
+        ref = ref.astype(np.float32)  # beyond float32's max is inf: the right answer
+    isas = [None]
+    if backend == "cython":  # each instruction set: per row, 8-row and 16-row blocks
+        from fastxent import _kernels
+
+        isas = _kernels._simd_levels()
+    for isa in isas:
+        if isa is not None:
+            assert _kernels._set_simd_isa(isa)
+        try:
+            _, grad = fastxent.cross_entropy_with_grad(x, t, backend=backend, **kw)
+        finally:
+            if isa is not None:
+                _kernels._set_simd_isa("best")
+        assert not np.any(np.isnan(grad)), (isa, grad[0])
+        np.testing.assert_array_equal(np.isinf(grad), np.isinf(ref), err_msg=str(isa))
+        np.testing.assert_array_equal(grad[np.isinf(ref)], ref[np.isinf(ref)], err_msg=str(isa))
+        fin = np.isfinite(ref)
+        np.testing.assert_allclose(grad[fin], ref[fin], rtol=1e-5, atol=1e-6, err_msg=str(isa))
