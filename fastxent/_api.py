@@ -311,10 +311,18 @@ def _minmax(a: np.ndarray) -> Tuple[int, int]:
 
 
 def _total(a: np.ndarray) -> float:
-    """Sum of a float64 vector: deterministic, whatever the thread count."""
+    """Sum of a float64 vector: deterministic, whatever the thread count; inf
+    beyond float64's range and NaN for +inf with -inf, as ``np.sum``."""
     if a.size <= _SMALL:
-        return math.fsum(a.tolist())
-    return float(np.add.reduce(a))
+        v = a.tolist()
+        try:
+            return math.fsum(v)
+        except OverflowError:  # a partial sum beyond float64's range
+            return math.fsum([e * 2.0 ** -64 for e in v]) * 2.0 ** 64  # inf if the sum is
+        except ValueError:  # +inf and -inf
+            return math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.add.reduce(a))
 
 
 def _int_target(t: np.ndarray, row_shape, C: int, ignore_index: int):

@@ -326,3 +326,39 @@ def test_gradient_factor_beyond_float32_max(backend, case, C, rows, soft):
         np.testing.assert_array_equal(grad[np.isinf(ref)], ref[np.isinf(ref)], err_msg=str(isa))
         fin = np.isfinite(ref)
         np.testing.assert_allclose(grad[fin], ref[fin], rtol=1e-5, atol=1e-6, err_msg=str(isa))
+
+
+# A batch loss beyond float64's range is inf, and +inf with -inf row losses
+# (probability targets may be negative) is NaN, as np.sum gives; the exact
+# small-batch sum (math.fsum) raised OverflowError or ValueError for them
+# (found by the slow hypothesis run). Both sides of the small-batch cutoff.
+@pytest.mark.parametrize("n", [2, 100])
+def test_batch_loss_beyond_float64_range(backend, n):
+    import _oracle as O
+
+    big = float(np.finfo(np.float64).max)
+    x = np.zeros((n, 3))
+    x[:, 0] = big / 4
+    x[:, 2] = big  # target 0: each loss lse - x_0 = 3 big / 4, their sum beyond the range
+    t = np.zeros(n, np.int64)
+    rows, _ = O.cross_entropy(x, t, reduction="none")
+    assert np.all(np.isfinite(rows))
+    assert fastxent.cross_entropy(x, t, reduction="sum", backend=backend) == inf
+    mean = math.fsum(rows / n)
+    assert fastxent.cross_entropy(x, t, reduction="mean", backend=backend) == pytest.approx(mean, rel=1e-12)
+    xb = np.full(n, -0.75 * big)  # softplus(3 big / 4) per element for y = 1
+    assert fastxent.binary_cross_entropy_with_logits(xb, np.ones(n), reduction="sum", backend=backend) == inf
+    assert fastxent.binary_cross_entropy_with_logits(xb, np.ones(n), reduction="mean",
+                                                     backend=backend) == pytest.approx(0.75 * big, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 100])
+def test_batch_loss_of_plus_and_minus_inf_rows_is_nan(backend, n):
+    x = np.zeros((n, 2))
+    x[:, 1] = -inf
+    p = np.full((n, 2), 0.5)
+    p[1, 1] = -0.5  # a negative target weight on a -inf logit: that row's loss is -inf
+    rows = fastxent.cross_entropy(x, p, reduction="none", backend=backend)
+    assert rows[0] == inf and rows[1] == -inf
+    for red in ("sum", "mean"):
+        assert math.isnan(fastxent.cross_entropy(x, p, reduction=red, backend=backend)), red
