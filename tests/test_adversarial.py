@@ -17,6 +17,7 @@ sets ``max_examples`` (default 20 per function and backend; 10x that in the
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -185,12 +186,50 @@ def _rowwise(a, e, tol, axis, what, floor=0.0):
 
 def _reduced(a, e, per_row_ref, scale, tol, what):
     """A mean/sum: the per-row bound carried through the reduction (``scale`` = largest row factor)."""
+    rows = np.asarray(per_row_ref, np.float64)
+    if _order_dependent_overflow(rows, scale):
+        # finite row losses of both signs, their scaled magnitudes summing
+        # near float64's max: a partial sum may leave the range or not, by
+        # summation order (the backends block the rows differently), and the
+        # result is +-inf or NaN either way; a finite result must be the exact
+        # sum's (math.fsum of the scaled rows, exact to its last rounding)
+        if not np.isfinite(a):
+            return
+        assert np.all(np.isfinite(rows)), "%s: %r with an infinite row loss" % (what, a)
+        k = scale * 2.0 ** -64  # (scaled by 2**-64: no overflow)
+        exact = math.fsum((rows * k).tolist())
+        mag = math.fsum((np.abs(rows) * k).tolist())
+        err = abs(float(a) * 2.0 ** -64 - exact)
+        assert err <= tol * (abs(exact) + mag), "%s: %r vs the exact sum %r * 2**64" % (what, a, exact)
+        return
     _nonfinite_equal(a, e, what)
     if not np.isfinite(e):
         return
-    rows = np.asarray(per_row_ref, np.float64)
     bound = tol * (abs(float(e)) + scale * float(np.sum(np.maximum(1.0, np.abs(rows[np.isfinite(rows)])))))
     assert abs(float(a) - float(e)) <= bound, "%s: %r vs %r (bound %.3g)" % (what, a, e, bound)
+
+
+def _order_dependent_overflow(rows, scale):
+    """Whether a float64 sum of ``rows * scale`` can come out differently in
+    different orders: finite rows whose partial sums may leave float64's range
+    (within 4x of its max), with finite rows of both signs, or an infinite row
+    of the sign opposite to the ones that may overflow (+inf then -inf: NaN;
+    -inf first then +inf: NaN; or just the inf).  See :func:`_reduced`."""
+    if rows.size == 0 or np.any(np.isnan(rows)):
+        return False
+    fin = rows[np.isfinite(rows)]
+    pinf, ninf = bool(np.any(rows == np.inf)), bool(np.any(rows == -np.inf))
+    if pinf and ninf:
+        return False  # NaN in every order
+    with np.errstate(over="ignore"):
+        pos = float(np.sum(fin[fin > 0]) * scale)
+        neg = float(np.sum(-fin[fin < 0]) * scale)
+    big = np.finfo(np.float64).max / 4
+    if pinf:
+        return not neg < big
+    if ninf:
+        return not pos < big
+    return pos > 0 and neg > 0 and not pos + neg < big
 
 
 def _mean_scale(fname, args, kw, axis):
