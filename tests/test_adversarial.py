@@ -186,7 +186,7 @@ def _rowwise(a, e, tol, axis, what, floor=0.0):
 
 def _reduced(a, e, per_row_ref, scale, tol, what):
     """A mean/sum: the per-row bound carried through the reduction (``scale`` = largest row factor)."""
-    rows = np.asarray(per_row_ref, np.float64)
+    rows = np.asarray(per_row_ref, np.float64).reshape(-1)
     if _order_dependent_overflow(rows, scale):
         # finite row losses of both signs, their scaled magnitudes summing
         # near float64's max: a partial sum may leave the range or not, by
