@@ -576,6 +576,27 @@ for _f in (cross_entropy, cross_entropy_with_grad, cross_entropy_grad):
 # ----------------------------------------------------- binary cross-entropy
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _grad_beyond_f32(grad_output, gscalar: float, gout: np.ndarray, scale: float) -> bool:
+    """Whether a float32 binary cross-entropy's gradient factor (``grad_output``
+    times the reduction's scale) leaves float32's range: the kernels form it
+    in float32 first, and ``d * inf`` would be NaN where ``d = 0`` and inf
+    where ``d * g`` is finite.  Only a float64 ``grad_output`` array can hold
+    such values (its max is a pass over it, paid only then)."""
+    if math.isfinite(gscalar) and abs(gscalar * scale) > _F32_MAX:
+        return True
+    if not gout.size:
+        return False
+    g = np.asarray(grad_output)
+    if g.dtype.kind != "f" or g.dtype.itemsize <= 4:
+        return False
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(gout), where=np.isfinite(gout), initial=0.0)
+    return m * scale > _F32_MAX
+
+
 def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
          grad_output=None, out=None):
     name = "p" if kind == "prob" else "x"
@@ -648,6 +669,18 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
             G = np.empty(n, cdt)
             copy_back = out is not None
     scale = (1.0 / n if n else 0.0) if reduction == "mean" else 1.0
+    if want_grad and cdt == _F32 and _grad_beyond_f32(grad_output, gscalar, gout, scale):
+        # rare: the loss in float32 as always, the gradient in float64,
+        # rounded once to float32
+        loss = _bce(kind, x, y, weight, pos_weight, reduction, be, False)
+        f64 = [None if a is None else np.asarray(a, np.float64) for a in (x, y, weight, pos_weight)]
+        _, g64 = _bce(kind, *f64, reduction, be, True, grad_output)
+        with np.errstate(over="ignore"):
+            g32 = g64.astype(cdt)
+        if out is None:
+            return loss, g32
+        np.copyto(out, g32)
+        return loss, out
     loss_el = np.empty(n if reduction == "none" else 0, cdt)
     partial = np.zeros(0 if reduction == "none" else -(-n // BCE_BLOCK), np.float64)
     # Kernel names are literals, never built per call: a fresh string looked

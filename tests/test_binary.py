@@ -484,3 +484,43 @@ def test_float32_element_loss_overflow_gives_inf_mean(backend):
     for red in ("mean", "sum"):
         assert fastxent.binary_cross_entropy_with_logits(
             x, y, weight=w, reduction=red, backend=backend) == np.inf
+
+
+# A gradient factor (grad_output times the mean's 1/n) beyond float32's range:
+# the kernels' float32 factor would be inf, d * inf NaN where d = 0 (x = 0 with
+# y = 1/2; p = y) and inf where d * g is finite (x = 60 with y = 1: d ~ -9e-27).
+# The gradient is formed in float64 and rounded once; the loss is the float32
+# call's, unchanged.
+@pytest.mark.parametrize("kind", ["logits", "prob"])
+@pytest.mark.parametrize("how", ["scalar-sum", "scalar-mean", "array"])
+def test_grad_output_beyond_float32_range(backend, kind, how):
+    import _oracle as O
+
+    if kind == "logits":
+        x = np.array([0.0, 60.0, -30.0, 3.0, -0.5, 2.0], np.float32)
+        y = np.array([0.5, 1.0, 0.0, 1.0, 0.0, 1.0], np.float32)
+        fn, fg, oracle = (fastxent.binary_cross_entropy_with_logits,
+                          fastxent.binary_cross_entropy_with_logits_with_grad, O.bce_logits)
+    else:
+        x = np.array([0.5, 0.25, 1.0, 0.0, 0.75, 1e-20], np.float32)
+        y = np.array([0.5, 0.0, 1.0, 0.0, 1.0, 0.0], np.float32)
+        fn, fg, oracle = fastxent.binary_cross_entropy, fastxent.binary_cross_entropy_with_grad, O.bce
+    red = "none" if how == "array" else how.split("-")[1]
+    g = {"scalar-sum": 1e39, "scalar-mean": 6e39,
+         "array": np.array([1e39, 1e39, 1.0, 1e39, 2e38, 1e39])}[how]
+    _, d = oracle(x, y)
+    ref = d * g / (x.size if red == "mean" else 1)
+    with np.errstate(over="ignore"):
+        ref = ref.astype(np.float32)  # beyond float32's max is inf: the right answer
+    loss, grad = fg(x, y, reduction=red, grad_output=g, backend=backend)
+    assert grad.dtype == np.float32
+    assert not np.any(np.isnan(grad)), grad
+    np.testing.assert_array_equal(np.isinf(grad), np.isinf(ref))
+    np.testing.assert_array_equal(grad[np.isinf(ref)], ref[np.isinf(ref)])
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(grad[fin], ref[fin], rtol=1e-5, atol=0)
+    np.testing.assert_array_equal(loss, fn(x, y, reduction=red, backend=backend))
+    out = np.empty_like(x)
+    _, got = fg(x, y, reduction=red, grad_output=g, out=out, backend=backend)
+    assert got is out
+    np.testing.assert_array_equal(out, grad)
