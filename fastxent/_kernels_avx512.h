@@ -192,13 +192,12 @@ FX_ZI int fx_ce_cm16_front_f32_avx512(const float *x, const int64_t *t, int64_t 
     return 1;
 }
 
-/* fx_ce_end8 and fx_ce_cm8_back_f32 for 16 rows */
-FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *st,
-                                      const int64_t *t, const double *gp, double gscalar,
-                                      double *lp, float *g, const int64_t C)
+/* fx_ce_end8 and fx_ce_cm8_back_f32 for 16 rows (0: the block must go
+ * another way, as there) */
+FX_ZI int fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *st,
+                                      const double *gp, double gscalar, double *lp, float *g,
+                                      const int64_t C)
 {
-    double ksd[16]; /* factors beyond FLT_MAX, as fx_ce_end8 */
-    unsigned big = 0;
     const __m512d zero = _mm512_setzero_pd();
     const __m512d cs = _mm512_set1_pd(A->ce_scale);
     const int hz = A->z > 0.0, HG = g != NULL;
@@ -233,16 +232,12 @@ FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *
         ks[h] = _mm512_mul_pd(_mm512_add_pd(aw, k2), iS);
         dy[h] = _mm512_mul_pd(_mm512_sub_pd(_mm512_mul_pd(st->ey[h], k2),
                                             _mm512_mul_pd(aw, st->R[h])), iS);
-        const __mmask8 bm = _mm512_cmp_pd_mask(_mm512_abs_pd(ks[h]), _mm512_set1_pd(FLT_MAX),
-                                               _CMP_GT_OQ);
-        if (bm) {
-            _mm512_storeu_pd(ksd + 8 * h, ks[h]);
-            ks[h] = _mm512_mask_mov_pd(ks[h], bm, _mm512_set1_pd(1.0));
-            big |= (unsigned)bm << (8 * h);
-        }
     }
     if (!HG)
-        return;
+        return 1;
+    const __m512 ksT = fx_cvt16_avx512(ks[0], ks[1]);
+    if (__builtin_expect(_mm512_fpclass_ps_mask(ksT, 0x18) != 0, 0)) /* +-inf: fx_any_inf8 */
+        return 0;
     /* e_c k, and the target's entry put in by a select on y == c before
      * the transpose, rather than 16 scalar stores after it: the same bits,
      * simpler, and (262144, 10), 1 thread, the two builds alternated in
@@ -250,7 +245,6 @@ FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *
      * ones).  The compare is the front's again: keeping the front's masks
      * in the state instead measured 3-4% slower (4 pairs, 2.04-2.09 vs
      * 2.11-2.16 ms) */
-    const __m512 ksT = fx_cvt16_avx512(ks[0], ks[1]);
     const __m512 dyT = fx_cvt16_avx512(dy[0], dy[1]);
     __m512 eb[FX_CM_CMAX + 4];
     for (int64_t c = 0; c < C; c++)
@@ -258,8 +252,7 @@ FX_ZI void fx_ce_cm16_back_f32_avx512(const fx_ce_args *A, const fx_cm16_state *
                                    _mm512_cmpeq_epi32_mask(st->y32, _mm512_set1_epi32((int)c)),
                                    dyT);
     fx_cm16_out_f32_avx512(eb, g, C);
-    if (big)
-        fx_ce_big_rows_f32(g, C, t, ksd, big, 16);
+    return 1;
 }
 
 /* fx_ce_cm8_run_f32 for blocks of 16 rows from i to r1 (r1 - i a multiple
@@ -276,10 +269,11 @@ FX_ZI int64_t fx_ce_cm16_run_f32_avx512(const fx_ce_args *A, const float *x,
     for (;; i += 16) {
         const int ok = i < r1
                        && fx_ce_cm16_front_f32_avx512(x + i * C, t + i, ign, &st[cur], C);
-        if (pend >= 0)
-            fx_ce_cm16_back_f32_avx512(A, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
-                                       gscalar, lp ? lp + pend : NULL,
-                                       g ? g + pend * C : NULL, C);
+        if (pend >= 0
+            && !fx_ce_cm16_back_f32_avx512(A, &st[cur ^ 1], gp ? gp + pend : NULL,
+                                           gscalar, lp ? lp + pend : NULL,
+                                           g ? g + pend * C : NULL, C))
+            return pend; /* (block i's front wrote nothing) */
         if (!ok)
             return i;
         pend = i;
@@ -290,7 +284,7 @@ FX_ZI int64_t fx_ce_cm16_run_f32_avx512(const fx_ce_args *A, const float *x,
 /* fx_ce_run8_f32 (same contract: rows i to r1, r1 - i a multiple of 8;
  * returns the first 8-row block the caller must do per row, or r1) with
  * 16-row blocks first: a 16-row block that cannot go whole (an ignored row,
- * a non-finite row max, a NaN) goes as two 8-row blocks, and so does a last
+ * a non-finite row max, a NaN, an inf gradient factor) goes as two 8-row blocks, and so does a last
  * group of 8 rows.  Above FX_CM_CMAX classes, fx_ce_run8_f32's staged
  * blocks. */
 static FX_Z_TARGET int64_t

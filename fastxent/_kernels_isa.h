@@ -198,8 +198,9 @@ FX_I(fx_tanh)(double u)
  * 8 rows: the 8 logs of S as one vector log (a scalar log per row costs more
  * than a 10-class row's exps, fx_ce_end8), the block's exps with full
  * vector lanes (class-major up to FX_CM_CMAX classes, staged above; see
- * fx_ce_run8_f32).  A block with an ignored row, an infinite row max
- * or a NaN goes to the per-row code (nothing written). */
+ * fx_ce_run8_f32).  A block with an ignored row, an infinite row max, a
+ * NaN or an inf gradient factor goes to the per-row code (nothing written
+ * but losses, written again there). */
 #define FX_SMALL_CMAX 64
 
 #ifndef FX_SMALL_IDX_DEFINED /* once for all the ISA builds */
@@ -530,14 +531,13 @@ FX_I(fx_y32)(const int64_t *t, int64_t ign, __m256i *y32)
  * x_y - sh): the vector log of S (a scalar log per row costs more than a
  * 10-class row's exps), the losses to lp (when not NULL) and, when HG, the
  * gradient's factor (a w_y + k2) / S of every e, returned in float, and the
- * target entries e_y k2 / S - a w_y R / S to dy, as fx_ce_row.  Rows whose
- * factor is beyond FLT_MAX get 1 (bits of *big, the factors to ksd: see
- * fx_ce_big_rows_f32). */
+ * target entries e_y k2 / S - a w_y R / S to dy, as fx_ce_row.  A factor
+ * beyond FLT_MAX is inf here (see FX_I(fx_any_inf8)). */
 static inline __attribute__((always_inline)) FX_TARGET __m256
 FX_I(fx_ce_end8)(const fx_ce_args *A, const __m256d *S, const __m256d *R,
                 const __m256d *ey, const __m256d *sh, const __m256d *xy,
                 __m256i y32, const double *gp, double gscalar, double *lp,
-                const int HG, __m256d *dy, double *ksd, unsigned *big)
+                const int HG, __m256d *dy)
 {
     const __m256d zero = _mm256_setzero_pd();
     const __m256d cs = _mm256_set1_pd(A->ce_scale);
@@ -573,21 +573,25 @@ FX_I(fx_ce_end8)(const fx_ce_args *A, const __m256d *S, const __m256d *R,
         ks[h] = _mm256_mul_pd(_mm256_add_pd(aw, k2), iS);
         dy[h] = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(ey[h], k2),
                                             _mm256_mul_pd(aw, R[h])), iS);
-        const __m256d bg = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), ks[h]),
-                                         _mm256_set1_pd(FLT_MAX), _CMP_GT_OQ);
-        const int bm = _mm256_movemask_pd(bg);
-        if (bm) {
-            _mm256_storeu_pd(ksd + 4 * h, ks[h]);
-            ks[h] = _mm256_blendv_pd(ks[h], _mm256_set1_pd(1.0), bg);
-            *big |= (unsigned)bm << (4 * h);
-        }
     }
     return HG ? FX_I(fx_cvt2)(ks[0], ks[1]) : _mm256_setzero_ps();
 }
 
+/* Whether a block's float gradient factors hold an inf: a row whose factor
+ * is beyond FLT_MAX (z_loss at logits near float32's max, or a large
+ * grad_output), where e_c times it would be inf where e_c k is finite and
+ * NaN where e_c = 0.  Such a block goes per row, where fx_ce_row scales the
+ * row in double (losses already written are written again, the same). */
+static inline __attribute__((always_inline)) FX_TARGET int
+FX_I(fx_any_inf8)(__m256 k)
+{
+    const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), k);
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)) != 0;
+}
+
 /* 8 rows at x (C = A->C <= FX_SMALL_CMAX): 1 if done, 0 if the caller must
- * do them per row (an ignored row, a row with an infinite max or a NaN;
- * nothing written then).
+ * do them per row (an ignored row, a row with an infinite max or a NaN, an
+ * inf gradient factor; nothing written then but losses).
  *
  * In stages, each over the 8 rows (independent chains for the core to
  * overlap): row maxima (C / 8 full vectors and one masked load per row:
@@ -673,12 +677,12 @@ FX_I(fx_ce_small8_f32)(const fx_ce_args *A, const fx_small_idx *T,
     const __m256d shv[2] = {_mm256_loadu_pd(sh), _mm256_loadu_pd(sh + 4)};
     const __m256d xyv[2] = {_mm256_loadu_pd(xy), _mm256_loadu_pd(xy + 4)};
     __m256d dy[2];
-    double ksd[8];
-    unsigned big = 0;
     const __m256 ksT = FX_I(fx_ce_end8)(A, Sv, Rv, eyv, shv, xyv, y32, gp, gscalar, lp,
-                                       g != NULL, dy, ksd, &big);
+                                       g != NULL, dy);
     if (!g)
         return 1;
+    if (FX_I(fx_any_inf8)(ksT))
+        return 0;
     float dyf[8];
     _mm256_storeu_ps(dyf, FX_I(fx_cvt2)(dy[0], dy[1]));
     for (int64_t k = 0; k < C; k++) {
@@ -686,8 +690,6 @@ FX_I(fx_ce_small8_f32)(const fx_ce_args *A, const fx_small_idx *T,
         _mm256_storeu_ps(g + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(eb + 8 * k),
                                                   _mm256_permutevar8x32_ps(ksT, ri)));
     }
-    if (big)
-        fx_ce_big_rows_f32(g, C, t, ksd, big, 8);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
     return 1;
@@ -900,29 +902,29 @@ FX_I(fx_ce_cm8_front_f32)(const fx_small_idx *T, const float *x, const int64_t *
 }
 
 /* The second half: fx_ce_end8 (losses to lp), and with g the gradient
- * block (e times its row's factor) out, the targets' entries last. */
-static inline __attribute__((always_inline)) FX_TARGET void
+ * block (e times its row's factor) out, the targets' entries last; 0 (and
+ * no gradient written) if the block must go per row (FX_I(fx_any_inf8)). */
+static inline __attribute__((always_inline)) FX_TARGET int
 FX_I(fx_ce_cm8_back_f32)(const fx_ce_args *A, const fx_small_idx *T,
                         const fx_cm8_state *st, const int64_t *t, const double *gp,
                         double gscalar, double *lp, float *g, const int64_t C)
 {
     __m256d dy[2];
-    double ksd[8];
-    unsigned big = 0;
     const __m256 ksT = FX_I(fx_ce_end8)(A, st->S, st->R, st->ey, st->sh, st->xy, st->y32,
-                                       gp, gscalar, lp, g != NULL, dy, ksd, &big);
+                                       gp, gscalar, lp, g != NULL, dy);
     if (!g)
-        return;
+        return 1;
+    if (FX_I(fx_any_inf8)(ksT))
+        return 0;
     float dyf[8];
     _mm256_storeu_ps(dyf, FX_I(fx_cvt2)(dy[0], dy[1]));
     __m256 eb[FX_CM_CMAX + 8];
     for (int64_t c = 0; c < C; c++)
         eb[c] = _mm256_mul_ps(st->eb[c], ksT);
     FX_I(fx_cm8_out_f32)(T, eb, g, C);
-    if (big)
-        fx_ce_big_rows_f32(g, C, t, ksd, big, 8);
     for (int r = 0; r < 8; r++)
         g[r * C + t[r]] = dyf[r];
+    return 1;
 }
 
 /* Blocks of 8 rows from row i to r1 (r1 - i a multiple of 8), software
@@ -949,10 +951,11 @@ FX_I(fx_ce_cm8_run_f32)(const fx_ce_args *A, const fx_small_idx *T,
     for (;; i += 8) { /* at r1, no front: the last pending back, then return */
         const int ok = i < r1
                        && FX_I(fx_ce_cm8_front_f32)(T, x + i * C, t + i, ign, &st[cur], C);
-        if (pend >= 0)
-            FX_I(fx_ce_cm8_back_f32)(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
-                                    gscalar, lp ? lp + pend : NULL,
-                                    g ? g + pend * C : NULL, C);
+        if (pend >= 0
+            && !FX_I(fx_ce_cm8_back_f32)(A, T, &st[cur ^ 1], t + pend, gp ? gp + pend : NULL,
+                                         gscalar, lp ? lp + pend : NULL,
+                                         g ? g + pend * C : NULL, C))
+            return pend; /* (block i's front wrote nothing) */
         if (!ok)
             return i;
         pend = i;

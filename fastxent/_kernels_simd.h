@@ -17,7 +17,6 @@
 #ifndef FASTXENT_KERNELS_SIMD_H
 #define FASTXENT_KERNELS_SIMD_H
 
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -41,26 +40,6 @@ typedef struct {
     double wsum;    /* sum of the weights (C when w is NULL) */
     double eps, z, softcap, ce_scale, z_scale;
 } fx_ce_args;
-
-/* Few-class float32 blocks: the rows (bits of big) whose gradient factor
- * ks = K / S is beyond FLT_MAX (z_loss with logits near float32's max, or a
- * large grad_output).  As a float the factor is inf, and e_c ks would come
- * out inf where it is finite and NaN where e_c = 0; so the block writes
- * those rows with the factor 1 (e_c itself) and this scales them in double,
- * as fx_ce_row does: g_c = (float)(e_c ks), the target's entry (written
- * apart) left alone.  Rare: the blocks only test a mask per 8 or 16 rows. */
-static void fx_ce_big_rows_f32(float *g, int64_t C, const int64_t *t, const double *ks,
-                               unsigned big, int nrows)
-{
-    for (int r = 0; r < nrows; r++) {
-        if (!((big >> r) & 1u))
-            continue;
-        float *gr = g + (int64_t)r * C;
-        for (int64_t c = 0; c < C; c++)
-            if (c != t[r])
-                gr[c] = (float)((double)gr[c] * ks[r]);
-    }
-}
 
 /* order this thread's non-temporal stores before what follows */
 static inline void fx_sfence(void)

@@ -272,8 +272,9 @@ def test_large_offset_logits_keep_spec_accuracy(backend, dtype, offset):
 # float32's max, or with a large grad_output. Cast to float32 first, the factor
 # is inf: 0 * inf = NaN where p_c = 0 and inf where p_c K is finite (found by
 # the slow hypothesis run). Every path: one row (per-row kernel), 8 and 64 rows
-# (the few-class blocks, on each of Cython's instruction sets), 80 classes (per
-# row on every backend).
+# of 2 and 10 classes (the class-major blocks, 8 and 16 rows) and of 40 (the
+# staged 8-row blocks), on each of Cython's instruction sets, and 80 classes
+# (per row on every backend).
 BIG = float(np.finfo(np.float32).max)
 OVERFLOW_CASES = {
     "z_loss, p = (1, 0, ...)": ([BIG, BIG / 2], 0, {"z_loss": 1.0}),
@@ -287,7 +288,7 @@ OVERFLOW_CASES = {
 
 
 @pytest.mark.parametrize("case", list(OVERFLOW_CASES), ids=list(OVERFLOW_CASES))
-@pytest.mark.parametrize("C", [2, 10, 80])
+@pytest.mark.parametrize("C", [2, 10, 40, 80])
 @pytest.mark.parametrize("rows", [1, 8, 64])
 @pytest.mark.parametrize("soft", [False, True], ids=["int", "soft"])
 def test_gradient_factor_beyond_float32_max(backend, case, C, rows, soft):
