@@ -284,9 +284,9 @@ FX_ZI int64_t fx_ce_cm16_run_f32_avx512(const fx_ce_args *A, const float *x,
 /* fx_ce_run8_f32 (same contract: rows i to r1, r1 - i a multiple of 8;
  * returns the first 8-row block the caller must do per row, or r1) with
  * 16-row blocks first: a 16-row block that cannot go whole (an ignored row,
- * a non-finite row max, a NaN, an inf gradient factor) goes as two 8-row blocks, and so does a last
- * group of 8 rows.  Above FX_CM_CMAX classes, fx_ce_run8_f32's staged
- * blocks. */
+ * a non-finite row max, a NaN, an inf gradient factor) goes as two 8-row
+ * blocks, and so does a last group of 8 rows.  Above FX_CM_CMAX classes,
+ * fx_ce_run8_f32's staged blocks. */
 static FX_Z_TARGET int64_t
 fx_ce_run16_f32_avx512(const fx_ce_args *A, const fx_small_idx *T, const float *x,
                        const int64_t *t, int64_t ign, const double *gp, double gscalar,

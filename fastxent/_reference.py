@@ -185,7 +185,7 @@ def _shifted_weighted_rowsum(xs, shift, w, coef=None):
     return out
 
 
-def _beyond(coef, dtype):
+def _wide(coef, dtype):
     """The rows whose gradient factor ``coef`` (float64) is finite but beyond
     ``dtype``'s range: float32 with z_loss at logits near its max, or with a
     large grad_output.  Cast to the dtype it would be inf, and ``p_c coef``
@@ -283,7 +283,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     p_y = grad_out[rows, y].astype(np.float64)
     grad_out[rows, y] = 0
     pm1_y = -_rowsum64(grad_out)
-    big = _beyond(coef, grad_out.dtype)
+    big = _wide(coef, grad_out.dtype)
     p_big = grad_out[big].astype(np.float64)  # p, for the rows formed in float64
     with np.errstate(invalid="ignore", over="ignore"):
         g_y = a * (1 - eps) * wy * pm1_y + p_y * (coef - a * (1 - eps) * wy)
@@ -362,7 +362,7 @@ def _ce_soft(X, P, weight, eps, z, softcap, ce_scale, z_scale,
     if z > 0:
         coef = coef + b * 2 * z * lse
     _probs_into(grad_out, xs, shift, logsum)
-    big = _beyond(coef, grad_out.dtype)
+    big = _wide(coef, grad_out.dtype)
     p_big = grad_out[big].astype(np.float64)
     wq_big = wq[big].astype(np.float64)
     # xs (a temporary of its own under softcap) becomes the slope: with wq,
