@@ -270,15 +270,17 @@ FX_N(fx_ce_row)(const fx_ce_args *A, const FX_T *x, int64_t y, double gn,
     const double ey = (double)g[y];
     const FX_T ksT = (FX_T)ks;
     if (s == 0.0) {
-        if (!smooth && !(isinf(ksT) && isfinite(ks))) {
+        if (!smooth) {
+            if (isinf(ksT) && isfinite(ks)) {
+                /* ks beyond the float's range: ksT is inf, but e_c ks need
+                 * not be (and 0 * inf is NaN); rounded once from double */
+                for (int64_t i = 0; i < C; i++)
+                    g[i] = (FX_T)((double)g[i] * ks);
+            } else {
 #pragma omp simd
-            for (int64_t i = 0; i < C; i++)
-                g[i] = g[i] * ksT;
-        } else if (!smooth) {
-            /* ks beyond the float's range: ksT is inf, but e_c ks need not
-             * be (and 0 * inf is NaN); rounded once from double */
-            for (int64_t i = 0; i < C; i++)
-                g[i] = (FX_T)((double)g[i] * ks);
+                for (int64_t i = 0; i < C; i++)
+                    g[i] = g[i] * ksT;
+            }
         } else if (w) {
             /* in double: p_c K and cw w_c cancel at the argmax (e = 1) when
              * the target's weight is 0 */
