@@ -325,6 +325,16 @@ def _total(a: np.ndarray) -> float:
         return float(np.add.reduce(a))
 
 
+def _loss_scalar(v: float, cdt: np.dtype) -> np.floating:
+    """The reduced loss ``v`` in ``cdt``; a float32 loss beyond that type's
+    range is inf, without NumPy's overflow warning, as every value the kernels
+    write (the check keeps ``errstate`` off the common path)."""
+    if abs(v) > _F32_MAX:
+        with np.errstate(over="ignore"):
+            return cdt.type(v)
+    return cdt.type(v)
+
+
 def _int_target(t: np.ndarray, row_shape, C: int, ignore_index: int):
     """Validated int64 row targets and whether ``ignore_index`` may be among
     them; ``IndexError`` on a bad one."""
@@ -483,11 +493,12 @@ def _ce(logits, target, axis, weight, ignore_index, label_smoothing, z_loss, sof
                            loss_rows, partial, work=X.size)
 
     if reduction == "none":
-        loss = loss_rows.astype(cdt).reshape(row_shape)
+        with np.errstate(over="ignore"):  # beyond float32's max: inf, quietly
+            loss = loss_rows.astype(cdt).reshape(row_shape)
         if loss.ndim == 0:
             loss = loss[()]
     else:
-        loss = cdt.type(_total(partial))
+        loss = _loss_scalar(_total(partial), cdt)
     if not want_grad:
         return loss
     return loss, _finish_rows(buf, copy_to, out, x.shape, ax)
@@ -699,7 +710,7 @@ def _bce(kind, x, y, weight, pos_weight, reduction, backend, want_grad,
         if loss.ndim == 0:
             loss = loss[()]
     else:
-        loss = cdt.type(_total(partial))
+        loss = _loss_scalar(_total(partial), cdt)
     if not want_grad:
         return loss
     if copy_back:

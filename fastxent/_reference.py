@@ -238,8 +238,9 @@ def _ce_finish(loss, loss_out, partial):
         groups = np.zeros((partial.size // CE_LANES, CE_ROWS // CE_LANES, CE_LANES))
         groups.reshape(-1)[:loss.size] = loss
         acc = np.zeros((groups.shape[0], CE_LANES))
-        for i in range(groups.shape[1]):
-            acc += groups[:, i, :]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: as summed
+            for i in range(groups.shape[1]):
+                acc += groups[:, i, :]
         partial[...] = acc.reshape(-1)
 
 
@@ -310,7 +311,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
             if eps > 0:
                 d -= (a[big] * eps / C)[:, None] * (w[None, :] if w is not None else 1.0)
             grad_out[big] = d * slope[big] if slope is not None else d
-    grad_out[rows, y] = g_y
+        grad_out[rows, y] = g_y  # beyond the dtype's max: inf, as the compiled kernels
     grad_out[~finite] = np.nan
     grad_out[~valid] = 0.0
 
@@ -419,40 +420,41 @@ _BCE_SPAN = (_BLOCK_ELEMENTS // BCE_BLOCK or 1) * BCE_BLOCK
 def _bce_spans(span_fn, A, Y, W, scale, gscalar, gout, loss_out, partial,
                grad_out, *extra):
     """``span_fn`` over the elements in spans of ``_BCE_SPAN`` (each call
-    gets its span's offset last); the same values as one call over all."""
+    gets its span's offset last); the same values as one call over all.
+    Quietly, as the compiled kernels: log(0), 0 * inf and values beyond the
+    dtype's range give what they give (clamped logs, NaN, inf) unwarned."""
     n = A.size
-    for a in range(0, n, _BCE_SPAN):
-        b = min(n, a + _BCE_SPAN)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for a in range(0, n, _BCE_SPAN):
+            b = min(n, a + _BCE_SPAN)
 
-        def cut(v):
-            return v[a:b] if v.size else v
-        span_fn(A[a:b], Y[a:b], cut(W), scale, gscalar, cut(gout),
-                cut(loss_out),
-                partial[a // BCE_BLOCK:-(-b // BCE_BLOCK)] if partial.size else partial,
-                None if grad_out is None else grad_out[a:b], *extra, a)
+            def cut(v):
+                return v[a:b] if v.size else v
+            span_fn(A[a:b], Y[a:b], cut(W), scale, gscalar, cut(gout),
+                    cut(loss_out),
+                    partial[a // BCE_BLOCK:-(-b // BCE_BLOCK)] if partial.size else partial,
+                    None if grad_out is None else grad_out[a:b], *extra, a)
 
 
 def _bce_prob(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
               a=0):
     # (a, the span's offset, is not needed here)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # PyTorch clamps each log at -100, so p = 0 or 1 gives a finite loss
-        logp = np.maximum(np.log(P), -100)
-        log1mp = np.maximum(np.log1p(-P), -100)
-        l = -(Y * logp + (1 - Y) * log1mp)
-    if W.size:
-        l *= W
+    # In float64, rounded once on the way out, as the compiled kernels: a
+    # weight near float32's max times a loss or a slope above 1 stays finite
+    # until the scale brings it back into range.
+    p = P.astype(np.float64)
+    y = Y.astype(np.float64)
+    w = W.astype(np.float64) if W.size else 1.0
+    # PyTorch clamps each log at -100, so p = 0 or 1 gives a finite loss
+    logp = np.maximum(np.log(p), -100)
+    log1mp = np.maximum(np.log1p(-p), -100)
+    l = -(y * logp + (1 - y) * log1mp) * w
     _bce_finish(l, scale, loss_out, partial)
     if grad_out is None:
         return
     g = (gout if gout.size else gscalar) * scale
     # PyTorch's gradient: w (p - y) / max(p (1 - p), 1e-12)
-    with np.errstate(invalid="ignore"):
-        np.subtract(P, Y, out=grad_out)
-        grad_out /= np.maximum(P * (1 - P), P.dtype.type(1e-12))
-        if W.size:
-            grad_out *= W
-        grad_out *= np.asarray(g, dtype=grad_out.dtype)
+    grad_out[...] = g * w * (p - y) / np.maximum(p * (1 - p), 1e-12)
 
 
 def bce_loss(P, Y, W, scale, loss_out, partial, nthreads=1):
@@ -470,8 +472,7 @@ def bce_loss_grad(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
 
 def _zero_where_zero(coef, value):
     """``coef * value``, exactly 0 where ``coef == 0`` (even if value is inf)."""
-    with np.errstate(invalid="ignore"):
-        return np.where(coef == 0, 0, coef * value)
+    return np.where(coef == 0, 0, coef * value)
 
 
 def _bce_logits(x, y, W, scale, gscalar, gout, loss_out, partial, grad_out,

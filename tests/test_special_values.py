@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -363,3 +364,67 @@ def test_batch_loss_of_plus_and_minus_inf_rows_is_nan(backend, n):
     assert rows[0] == inf and rows[1] == -inf
     for red in ("sum", "mean"):
         assert math.isnan(fastxent.cross_entropy(x, p, reduction=red, backend=backend)), red
+
+
+def _quiet_cases():
+    """Public calls whose results sit at the dtype's limits: NaN, inf and
+    -inf logits, a float32 loss beyond its max (z_loss at huge logits, per
+    row and reduced), probabilities of 0 and 1, weights beyond float32's
+    max in the loss and the gradient."""
+    big = np.float32(3e38)
+    x = np.array([[nan, 1, 2, 3], [inf, 0, 0, 0], [-inf, -inf, -inf, -inf],
+                  [big, -big, 0, 1], [1, 2, 3, 4], [-inf, 0, 1, 2]], np.float32)
+    t = np.array([0, 1, 2, 0, 3, 0])
+    p = np.array([0.0, 1.0, 0.5, 1e-30, 1 - 1e-7, 0.25], np.float32)
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0], np.float32)
+    xb = np.array([3e38, -3e38, inf, -inf, nan, 0.0], np.float32)
+    wb = np.array([3e38, 1.0, 3e38, 1.0, 1.0, 3e38], np.float32)
+    return {
+        "ce": lambda b, r: fastxent.cross_entropy_with_grad(x, t, z_loss=1.0, reduction=r, backend=b),
+        "ce_smooth": lambda b, r: fastxent.cross_entropy_with_grad(
+            x, t, label_smoothing=0.1, z_loss=1.0, grad_output=None if r != "none" else 1e30,
+            reduction=r, backend=b),
+        "ce_soft": lambda b, r: fastxent.cross_entropy_with_grad(
+            x, np.full(x.shape, 0.25, np.float32), z_loss=1.0, reduction=r, backend=b),
+        "softmax": lambda b, r: (fastxent.softmax(x, backend=b), fastxent.log_softmax(x, backend=b),
+                                 fastxent.logsumexp(x, backend=b)),
+        "bce": lambda b, r: fastxent.binary_cross_entropy_with_grad(p, y, weight=wb, reduction=r, backend=b),
+        "bce_logits": lambda b, r: fastxent.binary_cross_entropy_with_logits_with_grad(
+            xb, y, weight=wb, pos_weight=np.float32([2.0]), reduction=r, backend=b),
+    }
+
+
+@pytest.mark.parametrize("case", list(_quiet_cases()))
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_limits_are_quiet_and_agree_across_backends(backend, case, reduction):
+    # The compiled kernels write inf and NaN where the math gives them,
+    # without a warning; the NumPy fallback and the public layer do the same
+    # (no RuntimeWarning from NumPy's overflow, invalid or divide checks),
+    # and every backend gives the NumPy reference's non-finite pattern.
+    run = _quiet_cases()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = run(backend, reduction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run("numpy", reduction)
+    for g, w in zip(got, want):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.where(np.isinf(g), g, 0), np.where(np.isinf(w), w, 0))
+
+
+def test_bce_weight_near_float32_max_stays_finite(backend):
+    # w (p - y) / (p (1 - p)) and w l pass float32's max before the mean's
+    # 1/2 brings them back: formed in float64 and rounded once, the results
+    # are finite. By hand: grad = w (p - y) / (p (1 - p)) / 2, loss = mean of
+    # -w log(p or 1 - p).
+    w = 3e38
+    p = np.array([0.5, 0.25], np.float32)
+    y = np.array([1.0, 0.0], np.float32)
+    loss, grad = fastxent.binary_cross_entropy_with_grad(
+        p, y, weight=np.full(2, w, np.float32), backend=backend)
+    want_grad = [w * (0.5 - 1) / 0.25 / 2, w * 0.25 / (0.25 * 0.75) / 2]
+    want_loss = (-w * math.log(0.5) - w * math.log(0.75)) / 2
+    np.testing.assert_allclose(grad.astype(np.float64), want_grad, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-6)
