@@ -215,13 +215,13 @@ def log_softmax(X, out, nthreads=1):
 
 def softmax(X, out, nthreads=1):
     """``out[n, c] = exp(X[n, c] - logsumexp(X[n]))``; non-finite lse -> NaN row."""
-    # The exps formed once, in out (which may be X), and one multiply per
-    # element by 1 / sum, as the compiled kernels do; the NaN rows as in
-    # log_softmax.
+    # The exps formed once, in out (which may be X), each divided by its
+    # row's float64 sum and rounded once (the compiled kernels multiply by
+    # 1 / sum instead: at most an ulp apart); the NaN rows as in log_softmax.
     with np.errstate(invalid="ignore", over="ignore"):
         np.subtract(X, X.max(axis=1, keepdims=True), out=out)
         np.exp(out, out=out)
-        out *= (1.0 / _rowsum64(out))[:, None].astype(out.dtype)
+        np.divide(out, _rowsum64(out)[:, None], out=out)
 
 
 # ------------------------------------------------ cross-entropy, int targets
