@@ -1030,8 +1030,12 @@ def _softmax_flat(X, out, log, r0, r1):
     RB = _flat_rows(C, r1 - r0)
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x (then e)
     E = np.empty((C, RB), X.dtype) if log else T  # e (log_softmax keeps x)
-    fx = np.empty((2, RB), X.dtype)
-    shb = fx[0]  # row max, then the shift
+    fx = np.empty((3, RB), X.dtype)
+    mxb = fx[0]  # row max
+    # the shift: the max where finite, else 0, into an array of its own
+    # (in place, `shb[j] = m if np.isfinite(m) else zero` stores only where
+    # m is not finite, and LLVM made that a masked store, slow on AMD cores)
+    shb = fx[2]
     kb = fx[1]  # 1 / S (softmax) or log S (log_softmax), NaN for a NaN row
     sb = np.empty(RB, np.float64)  # S
     zero = _as(T, 0.0)
@@ -1041,9 +1045,9 @@ def _softmax_flat(X, out, log, r0, r1):
     for q0 in range(r0, r1, RB):
         nr = min(r1, q0 + RB) - q0
         Ob = out[q0:q0 + nr]
-        tiled = _flat_in(X[q0:q0 + nr], T, shb)
+        tiled = _flat_in(X[q0:q0 + nr], T, mxb)
         for j in range(nr):
-            m = shb[j]
+            m = mxb[j]
             shb[j] = m if np.isfinite(m) else zero
             sb[j] = _NAN if m == _INF else 0.0  # a +inf row: NaN
         q1 = min(r1, q0 + nr + RB)  # the next block's rows
@@ -1123,8 +1127,9 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
     T = np.empty((C, RB), X.dtype)  # the block, transposed: x, then e
     # per-row scratch, one allocation per dtype (each costs ~0.1 us, which
     # is what a call of a few rows spends)
-    fx = np.empty((5, RB), X.dtype)
-    shb = fx[0]  # row max, then the shift
+    fx = np.empty((6, RB), X.dtype)
+    mxb = fx[0]  # row max
+    shb = fx[5]  # the shift (see _softmax_flat)
     kb = fx[1]  # pass 3: d_c = e_c k - b w_c
     bb = fx[2]
     xyf = fx[3]  # x_y, taken in the exp loop
@@ -1154,7 +1159,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
         nr = min(r1, q0 + RB) - q0
         Xb = X[q0:q0 + nr]
         tgt = target[q0:q0 + nr]
-        tiled = _flat_in(Xb, T, shb)
+        tiled = _flat_in(Xb, T, mxb)
         # memory: the next block's rows and this block's gradient rows,
         # prefetched a C-th at a time during the exps (see _flat_share);
         # not in a call of one block (its rows are in cache, if anywhere,
@@ -1172,7 +1177,7 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
             # 3.69-4.03, the loss alone 2.46-2.60 -> 2.41-2.60
             _pf_read(target, q0 + nr, q1, 64 // target.itemsize)
         for j in range(nr):
-            m = shb[j]
+            m = mxb[j]
             shb[j] = m if np.isfinite(m) else zero
             y = tgt[j]
             tb[j] = np.int32(y) if y != ignore_index else np.int32(-1)
@@ -1193,15 +1198,20 @@ def _ce_int_flat(X, target, weight, ignore_index, eps, z, ce_scale, z_scale,
                         sxb[j] += wc * (np.float64(shb[j]) - np.float64(T[c, j]))
         # e = exp(x - shift) in place; x_y and e_y taken by selects, and e_y
         # zeroed in T: R = sum_{c != y} e_c by a plain sum below (the
-        # gradient's target entry is written last, from e_y)
+        # gradient's target entry is written last, from e_y).  x_y and e_y
+        # are added to their zeros (the one matching class adds itself, the
+        # others 0: the same values): written as `xyf[j] = v if isy else
+        # xyf[j]`, LLVM stored them with masked stores (vmaskmovps), slow on
+        # this AMD core; (262144, 10) float32 fused, 2 threads, 4.0-5.4 ->
+        # 2.8-3.6 ms (separate processes alternated, min of 5 medians of 31)
         for c in range(C):
             c32 = np.int32(c)
             for j in range(nr):
                 v = T[c, j]
                 e = _exp(v - shb[j])
                 isy = tb[j] == c32
-                xyf[j] = v if isy else xyf[j]
-                eyf[j] = e if isy else eyf[j]
+                xyf[j] += v if isy else zero
+                eyf[j] += e if isy else zero
                 T[c, j] = zero if isy else e
             if pf:
                 _flat_prefetch(X, xa, xe, xs, grad_out, ga, ge, gs, c, step)
