@@ -332,7 +332,13 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
     Each round takes one sample of every case of the group in turn, the memcpy
     first, so a case's ratio to memcpy can be taken per round (``_derive``):
     on a shared machine whose speed drifts over seconds, a memcpy timed a
-    moment before is a fairer floor than one timed a minute earlier.
+    moment before is a fairer floor than one timed a minute earlier.  The
+    rounds start after one untimed call of every case of the group, in round
+    order, once all of them are set up: on the 2-core AVX2 machine the first
+    memcpy after a group's allocations took 2-3x the time of the next ones
+    (its median over three runs' first rounds 0.17-0.20 ms per MB, 0.081-0.083
+    in the later rounds; the kernels were slowed less), which made the first
+    round's ratios of the large rows about half what the later rounds gave.
 
     With ``passes`` > 1 the whole suite runs that many times, ``repeats``
     rounds of each group per pass (rounds numbered across passes), and a
@@ -373,6 +379,16 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
                         run = None
                         rec["error"] = "%s: %s" % (type(exc).__name__, exc)
                 runs.append((run, inner, reps, rec))
+            # one untimed call of each, in round order, once all are set up:
+            # the first copy after the group's allocations ran 2-3x slower
+            # than the next ones (the rows of 64 MB and more; the kernels
+            # less so), which halved that round's memcpy ratios
+            for run, inner, reps, rec in runs:
+                if run is not None:
+                    try:
+                        run()
+                    except Exception as exc:  # noqa: BLE001
+                        rec["error"] = "%s: %s" % (type(exc).__name__, exc)
             for k in range(repeats):
                 for run, inner, reps, rec in runs:
                     if run is None or k >= reps:
@@ -394,7 +410,7 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
     if progress:
         progress(total, total, "done")
     return {"machine": machine(), "quick": quick, "repeats": repeats, "passes": passes,
-            "results": results}
+            "warmup": 1, "results": results}
 
 
 # ------------------------------------------------------------------ report
@@ -470,12 +486,13 @@ def write_report(data: dict, outdir: str) -> Dict[str, str]:
     lines = [
         "# fastxent benchmark report", "", head, "",
         "Median of repeated calls (%s mode; %s); the runners of one row group are timed "
-        "round-robin, one sample each per round. `x memcpy` is the median over rounds of "
+        "round-robin, one sample each per round%s. `x memcpy` is the median over rounds of "
         "the time over that round's `np.copyto` of the same logits into a same-sized "
         "buffer: the floor for any work that reads the logits and writes an N x C result "
         "(for loss-only work, the floor is half of it). Speed-ups are the other runner's "
         "median time over this row's."
-        % ("quick" if data["quick"] else "full", _sampling(data)), "",
+        % ("quick" if data["quick"] else "full", _sampling(data),
+           " (after one untimed call of each)" if data.get("warmup") else ""), "",
         "| work | shape | dtype | runner | ms | Gelem/s | GB/s | x memcpy | vs numpy | vs torch | vs jax |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
