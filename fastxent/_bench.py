@@ -379,21 +379,18 @@ def run_all(quick: bool, repeats: int, progress=None, backends=None, peers=True,
                         run = None
                         rec["error"] = "%s: %s" % (type(exc).__name__, exc)
                 runs.append((run, inner, reps, rec))
-            # one untimed call of each, in round order, once all are set up:
-            # the first copy after the group's allocations ran 2-3x slower
-            # than the next ones (the rows of 64 MB and more; the kernels
-            # less so), which halved that round's memcpy ratios
-            for run, inner, reps, rec in runs:
-                if run is not None:
-                    try:
-                        run()
-                    except Exception as exc:  # noqa: BLE001
-                        rec["error"] = "%s: %s" % (type(exc).__name__, exc)
-            for k in range(repeats):
+            # round -1: one untimed call of each, once all are set up (the
+            # first copy after the group's allocations ran 2-3x slower than
+            # the next ones at 64 MB and more, the kernels less so, which
+            # halved that round's memcpy ratios)
+            for k in range(-1, repeats):
                 for run, inner, reps, rec in runs:
                     if run is None or k >= reps:
                         continue
                     try:
+                        if k < 0:
+                            run()
+                            continue
                         rec["samples_s"].append(sample(run, inner))
                         rec["rounds"].append(p * repeats + k)
                     except Exception as exc:  # noqa: BLE001

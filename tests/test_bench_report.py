@@ -26,6 +26,39 @@ def test_paired_ratio_without_rounds_or_memcpy():
     assert _bench.paired_ratio({"median_s": None}, old_mem) is None
 
 
+def _log_cases(monkeypatch):
+    """Events of run_all, in order: ("setup", kernel, runner) as a case is set
+    up, ("call", kernel, runner) as it runs, ("sample",) as a sample starts."""
+    events = []
+    real_cases, real_sample = _bench.cases, _bench.sample
+
+    def logged_cases(**kw):
+        out = []
+        for c in real_cases(**kw):
+            def setup(c=c):
+                events.append(("setup", c.kernel, c.runner))
+                run = c.setup()
+
+                def logged_run():
+                    events.append(("call", c.kernel, c.runner))
+                    return run()
+                return logged_run
+            out.append(_bench.Case(c.kernel, c.shape, c.dtype, c.runner, setup))
+        return out
+
+    def logged_sample(run, inner):
+        events.append(("sample",))
+        return real_sample(run, inner)
+
+    monkeypatch.setattr(_bench, "cases", logged_cases)
+    monkeypatch.setattr(_bench, "sample", logged_sample)
+    return events
+
+
+def _setups(events):
+    return [e[1:] for e in events if e[0] == "setup"]
+
+
 def test_run_all_round_robin_and_report(tmp_path, monkeypatch):
     monkeypatch.setattr(_bench, "QUICK_SIZES", [("ce_loss_grad", (8, 10), "float32")])
     data = _bench.run_all(quick=True, repeats=4, peers=False)
@@ -50,19 +83,7 @@ def test_run_all_passes_spread_each_rows_samples(tmp_path, monkeypatch):
     # across them, each round's memcpy there to pair with
     monkeypatch.setattr(_bench, "QUICK_SIZES", [("ce_loss_grad", (8, 10), "float32"),
                                                 ("ce_loss", (8, 10), "float32")])
-    setups = []
-    real_cases = _bench.cases
-
-    def logged_cases(**kw):
-        out = []
-        for c in real_cases(**kw):
-            def setup(c=c):
-                setups.append((c.kernel, c.runner))
-                return c.setup()
-            out.append(_bench.Case(c.kernel, c.shape, c.dtype, c.runner, setup))
-        return out
-
-    monkeypatch.setattr(_bench, "cases", logged_cases)
+    events = _log_cases(monkeypatch)
     data = _bench.run_all(quick=True, repeats=2, peers=False, passes=2)
     assert (data["passes"], data["repeats"]) == (2, 2)
     bes = [b for b, v in _dispatch.backends().items() if v["available"]]
@@ -77,15 +98,16 @@ def test_run_all_passes_spread_each_rows_samples(tmp_path, monkeypatch):
         assert r["median_s"] == statistics.median(r["samples_s"])
     # each case set up once per pass it is timed in, the suite in order each time
     one_pass = [(k, r) for k in ("ce_loss_grad", "ce_loss") for r in ["memcpy", *bes]]
-    assert setups == one_pass + one_pass
+    assert _setups(events) == one_pass + one_pass
     paths = _bench.write_report(data, str(tmp_path))
     assert "2 passes over the suite" in open(paths["md"]).read()
     # a third pass has no round left for numpy: not set up again
-    setups.clear()
+    events.clear()
     data = _bench.run_all(quick=True, repeats=1, peers=False, passes=4)
     res = {(r["kernel"], r["runner"]): r for r in data["results"]}
     for (kernel, runner), r in res.items():
         assert r["rounds"] == ([0, 1, 2] if runner == "numpy" else [0, 1, 2, 3])
+    setups = _setups(events)
     assert setups.count(("ce_loss", "numpy")) == 3 and setups.count(("ce_loss", "memcpy")) == 4
 
 
@@ -94,39 +116,17 @@ def test_run_all_calls_each_case_once_before_the_rounds(monkeypatch):
     # order, then the timed rounds (the first copy after the group's
     # allocations was 2-3x slower than the next ones at 64 MB and more)
     monkeypatch.setattr(_bench, "QUICK_SIZES", [("ce_loss_grad", (8, 10), "float32")])
-    events = []
-    real_cases, real_sample = _bench.cases, _bench.sample
-
-    def logged_cases(**kw):
-        out = []
-        for c in real_cases(**kw):
-            def setup(c=c):
-                events.append(("setup", c.runner))
-                run = c.setup()
-
-                def logged_run():
-                    events.append(("call", c.runner))
-                    return run()
-                return logged_run
-            out.append(_bench.Case(c.kernel, c.shape, c.dtype, c.runner, setup))
-        return out
-
-    def logged_sample(run, inner):
-        events.append(("sample", None))
-        return real_sample(run, inner)
-
-    monkeypatch.setattr(_bench, "cases", logged_cases)
-    monkeypatch.setattr(_bench, "sample", logged_sample)
+    events = _log_cases(monkeypatch)
     data = _bench.run_all(quick=True, repeats=2, peers=False)
     order = [r["runner"] for r in data["results"]]
     assert order[0] == "memcpy"
-    first = events.index(("sample", None))
+    first = events.index(("sample",))
     last_setup = max(i for i, e in enumerate(events) if e[0] == "setup")
     warm = events[first - len(order):first]
-    assert warm == [("call", r) for r in order]
+    assert warm == [("call", "ce_loss_grad", r) for r in order]
     assert first - len(order) > last_setup
     # the sampled calls follow: memcpy's first sample is its next call
-    assert events[first + 1] == ("call", "memcpy")
+    assert events[first + 1] == ("call", "ce_loss_grad", "memcpy")
     assert data["warmup"] == 1
 
 
