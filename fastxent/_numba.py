@@ -86,7 +86,7 @@ _FLAT_C = 64
 _FLAT_ELEMENTS = 2048
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
-_scale2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
+_scale1p2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
 _tileh_max = _tileh_t = _tileh_scale = None
 _f64_bits = _bits_f64 = _lanes8 = _reg = None
@@ -97,13 +97,15 @@ _INF = float("inf")
 
 # float32 exp of x <= 0, the Cython kernels' fx_expf_le0 (_kernels_isa.h):
 # clamp at -104 (exp(-104) < 2**-150 rounds to 0), n = round(x / ln 2) by the
-# 1.5 * 2**23 "magic number", Cody-Waite split of ln 2, exp(r) = 1 + r + r**2
-# q(r) with q of degree 4 fitted by tools/fit_expf.py, then p * 2**(n + 64)
-# * 2**-64 (n + 64 is a normal exponent for every n in [-150, 0]; the last
-# multiply rounds subnormal results correctly).
+# 1.5 * 2**23 (+ 191) "magic number", Cody-Waite split of ln 2, exp(r) = 1 +
+# u, u = r + r**2 q(r) with q of degree 4 fitted by tools/fit_expf.py, then
+# (1 + u) * 2**(n + 64) * 2**-64 (n + 64 is a normal exponent for every n in
+# [-150, 0]; the last multiply rounds subnormal results correctly).
 _F32 = np.float32
 _E32_LOG2E = _F32(1.44269504088896341)
-_E32_MAGIC = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
+# 1.5 * 2**23 + 191: adding it rounds to an integer n and leaves n + 191,
+# the exponent field of 2**(n + 64), in the low bits (fx_expf_le0)
+_E32_MAGIC = _F32(12583103.0)
 _E32_C1 = _F32(0.693359375)
 _E32_C2 = _F32(-2.12194440e-4)
 _E32_P2 = _F32(0.4999999403953552)
@@ -111,7 +113,6 @@ _E32_P3 = _F32(0.1666652113199234)
 _E32_P4 = _F32(0.04166838899254799)
 _E32_P5 = _F32(0.008368710055947304)
 _E32_P6 = _F32(0.001381461275741458)
-_E32_ONE = _F32(1.0)
 _E32_ZERO = _F32(0.0)
 _E32_LO = _F32(-104.0)
 
@@ -199,8 +200,8 @@ def _exp32(x):
     b = _reg(_E32_P5) * r + _reg(_E32_P4)
     b = _reg(_E32_P6) * r2 + b
     q = b * r2 + a
-    p = (q * r2 + r) + _reg(_E32_ONE)
-    return _scale2n_f32(p, t)
+    u = q * r2 + r  # exp(r) - 1
+    return _scale1p2n_f32(u, t)
 
 
 def _exp64(x):
@@ -1827,8 +1828,28 @@ def _jit_all():
 
         return impl
 
-    g["_scale2n_f32"] = scale2n(32, 23, ir.FloatType(), types.float32, 127)
     g["_scale2n_f64"] = scale2n(64, 52, ir.DoubleType(), types.float64, 1023)
+
+    @intrinsic
+    def _scale1p2n_f32(typingctx, u, t):
+        # ((1 + u) 2**(n + 64)) 2**-64 as fx_expf_le0: t = y + _E32_MAGIC
+        # holds n + 191 in its low bits, so t's bits shifted left by 23 are
+        # s = 2**(n + 64) (no bias to add); (1 + u) s is fma(u, s, s), the
+        # same value as rounding 1 + u first (s a normal power of two)
+        sig = types.float32(types.float32, types.float32)
+
+        def codegen(context, builder, sig, args):
+            u, t = args
+            i32 = ir.IntType(32)
+            f32 = ir.FloatType()
+            s = builder.bitcast(builder.shl(builder.bitcast(t, i32), ir.Constant(i32, 23)), f32)
+            fma = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
+            us = builder.call(fma, [u, s, s])
+            return builder.fmul(us, opaque(builder, ir.Constant(f32, 2.0 ** -64)))
+
+        return sig, codegen
+
+    g["_scale1p2n_f32"] = _scale1p2n_f32
 
     @intrinsic
     def _fmax(typingctx, a, b):
