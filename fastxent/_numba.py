@@ -1834,8 +1834,11 @@ def _jit_all():
     def _scale1p2n_f32(typingctx, u, t):
         # ((1 + u) 2**(n + 64)) 2**-64 as fx_expf_le0: t = y + _E32_MAGIC
         # holds n + 191 in its low bits, so t's bits shifted left by 23 are
-        # s = 2**(n + 64) (no bias to add); (1 + u) s is fma(u, s, s), the
-        # same value as rounding 1 + u first (s a normal power of two)
+        # s = 2**(n + 64) (no bias to add); (1 + u) s is u s + s, the same
+        # value as rounding 1 + u first (s a normal power of two, so u s is
+        # exact wherever it matters): llvm.fmuladd, one multiply-add where
+        # the CPU has FMA, a multiply and an add (not a libm fmaf call)
+        # where it does not
         sig = types.float32(types.float32, types.float32)
 
         def codegen(context, builder, sig, args):
@@ -1843,8 +1846,9 @@ def _jit_all():
             i32 = ir.IntType(32)
             f32 = ir.FloatType()
             s = builder.bitcast(builder.shl(builder.bitcast(t, i32), ir.Constant(i32, 23)), f32)
-            fma = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
-            us = builder.call(fma, [u, s, s])
+            fmuladd = builder.module.declare_intrinsic(
+                "llvm.fmuladd", [f32], ir.FunctionType(f32, [f32] * 3))
+            us = builder.call(fmuladd, [u, s, s])
             return builder.fmul(us, opaque(builder, ir.Constant(f32, 2.0 ** -64)))
 
         return sig, codegen
