@@ -112,19 +112,15 @@ def test_float32_exp_within_one_and_a_half_ulp(exp_le0):
     assert err.max() <= 1.5, (float(err.max()), float(x[np.argmax(err)]))
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
-def test_float32_exp_numba_equals_cython_with_fma(isa):
+@pytest.mark.parametrize("kernels", ["avx2", "avx512"], indirect=True)
+def test_float32_exp_numba_equals_cython_with_fma(kernels):
     # Numba's _exp32 is fx_expf_le0 operation for operation; where both
     # fuse the multiply-adds (Cython's FMA builds, Numba on an FMA CPU) the
     # results are the same bits, subnormals, zeros and NaN included
     skip_unless_available("numba")
-    _kernels = _force_isa(isa)
-    try:
-        x = np.concatenate([_float32_sample(),
-                            np.float32([-np.inf, np.nan, -1e30, -103.99, -87.34])])
-        got = _kernels._exp_le0(x)[0]
-    finally:
-        _kernels._set_simd_isa("best")
+    x = np.concatenate([_float32_sample(),
+                        np.float32([-np.inf, np.nan, -1e30, -103.99, -87.34])])
+    got = kernels._exp_le0(x)[0]
     want = numba_exp(x)
     diff = got.view(np.uint32) != want.view(np.uint32)
     assert not diff.any(), (int(diff.sum()), float(x[np.argmax(diff)]))
