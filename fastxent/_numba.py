@@ -696,10 +696,14 @@ def _ce_row_coefs(gn, wy, eps, z, wsum, C, ce_scale, z_scale, lse):
     """``(A, B, k2)`` of pass 3: ``d_c = e_c (A + k2) / S - B w_c``, and
     ``-A`` more at the target, with ``A = a (1-eps) w_y``, ``B = a eps / C``,
     ``k2 = B wsum + 2 b z lse`` (``a``, ``b``: the grad_output scales).
-    Selects, no branches (see ``_ce_row_loss``)."""
+    ``B`` is 0 without smoothing, as in the Cython kernels (not ``a 0 / C``,
+    NaN for an infinite grad_output), and ``eps / C`` is loop-invariant: a
+    loop over rows hoists its division.  Selects, no branches (see
+    ``_ce_row_loss``)."""
     a = gn * ce_scale
     A = a * (1.0 - eps) * wy
-    B = a * eps / C
+    B = a * (eps / C)
+    B = B if eps > 0.0 else 0.0
     k2 = B * wsum
     kz = k2 + 2.0 * (gn * z_scale) * z * lse
     return A, B, (kz if z > 0.0 else k2)

@@ -276,11 +276,14 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     g = gout if gout.size else gscalar
     a = g * ce_scale * np.ones(R)  # scale of the cross-entropy part, per row
     b = g * z_scale * np.ones(R)   # scale of the z-loss part, per row
-    # d loss / d xs_c = p_c coef - a (1-eps) w_y [c == y] - a eps/C w_c, with
-    # coef = a ((1-eps) w_y + eps wsum / C) + b 2 z lse
-    coef = a * ((1 - eps) * wy + eps * wsum / C)
+    # d loss / d xs_c = p_c coef - A [c == y] - a eps/C w_c, with
+    # coef = A + k2, A = a (1-eps) w_y, k2 = a eps wsum / C + b 2 z lse
+    # (each term only when its option is on: a * 0 is NaN for an infinite a)
+    A = a * (1 - eps) * wy
+    k2 = a * (eps * wsum / C) if eps > 0 else np.zeros(R)
     if z > 0:
-        coef = coef + b * 2 * z * lse
+        k2 = k2 + b * 2 * z * lse
+    coef = A + k2
     slope = _softcap_slope(xs, softcap) if softcap else None
     _probs_into(grad_out, xs, shift, logsum)  # grad_out may be X (= xs): reads are done
     # The target column in float64 with p_y - 1 = -sum_{c != y} p_c: p_y * coef
@@ -291,7 +294,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     big = _wide(coef, grad_out.dtype)
     p_big = grad_out[big].astype(np.float64)  # p, for the rows formed in float64
     with np.errstate(invalid="ignore", over="ignore"):
-        g_y = a * (1 - eps) * wy * pm1_y + p_y * (coef - a * (1 - eps) * wy)
+        g_y = A * pm1_y + p_y * k2
         if eps > 0:
             g_y -= a * eps / C * (w[y] if w is not None else 1.0)
     if slope is not None:

@@ -330,6 +330,38 @@ def test_gradient_factor_beyond_float32_max(backend, case, C, rows, soft):
         np.testing.assert_allclose(grad[fin], ref[fin], rtol=1e-5, atol=1e-6, err_msg=str(isa))
 
 
+# An infinite grad_output g_n scales row n's gradient g_n (p_c - [c == y]):
+# every entry is inf with the sign of g_n (p_c - [c == y]) when no p_c is 0,
+# by hand, with no NaN (inf * 0 only arises from options that are off: the
+# Numba kernels gave an all-NaN row, the reference NaN at the target, before
+# they left out the smoothing term when label_smoothing is 0). Every path:
+# one row, the few-class blocks (2 and 10 classes, 8 and 64 rows), the staged
+# blocks (40) and per row (80); with and without class weights.
+@pytest.mark.parametrize("C", [2, 10, 40, 80])
+@pytest.mark.parametrize("rows", [1, 8, 64])
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weight"])
+def test_infinite_grad_output_gives_signed_inf_gradient(backend, C, rows, weighted):
+    rng = np.random.default_rng(C * 100 + rows)
+    x = rng.uniform(-3.0, 3.0, (rows, C)).astype(np.float32)  # every p_c > 0
+    t = rng.integers(0, C, rows)
+    g = np.ones(rows, np.float32)
+    g[rows // 2] = inf
+    g[rows - 1] = -inf
+    kw = {"weight": np.linspace(0.5, 2.0, C).astype(np.float32)} if weighted else {}
+    grad = fastxent.cross_entropy_grad(x, t, reduction="none", grad_output=g, backend=backend, **kw)
+    for r in {rows // 2, rows - 1}:
+        want = np.full(C, g[r], np.float64)
+        want[t[r]] = -g[r]
+        np.testing.assert_array_equal(grad[r], want, err_msg="row %d" % r)
+    if rows > 2:  # the other rows as usual (g = 1)
+        import _oracle as O
+
+        rest = np.ones(rows, bool)
+        rest[[rows // 2, rows - 1]] = False
+        _, ref = O.cross_entropy(x[rest].astype(np.float64), t[rest], reduction="sum", **kw)
+        O.assert_grad_close(grad[rest], ref, O.grad_tol(np.float32))
+
+
 # A batch loss beyond float64's range is inf, and +inf with -inf row losses
 # (probability targets may be negative) is NaN, as np.sum gives; the exact
 # small-batch sum (math.fsum) raised OverflowError or ValueError for them
