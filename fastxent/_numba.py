@@ -1809,30 +1809,27 @@ def _jit_all():
 
     g["_reg"] = _reg
 
-    def scale2n(bits, mant, ftype, fnty, bias):
-        # (p * 2**(n + 64)) * 2**-64, n encoded as the low bits of t = y +
-        # MAGIC: shifting t's bits left by the mantissa width keeps only n
-        # (two's complement), adding (bias + 64) << mant makes the exponent
-        # field of 2**(n + 64).  Plain fmuls (no fast-math flags: no
+    @intrinsic
+    def _scale2n_f64(typingctx, p, t):
+        # (p * 2**(n + 64)) * 2**-64 for _exp64, n encoded as the low bits of
+        # t = y + MAGIC: shifting t's bits left by the mantissa width (52)
+        # keeps only n (two's complement), adding (1023 + 64) << 52 makes the
+        # exponent field of 2**(n + 64).  Plain fmuls (no fast-math flags: no
         # refolding of the two products).
-        @intrinsic
-        def impl(typingctx, p, t):
-            sig = fnty(fnty, fnty)
+        sig = types.float64(types.float64, types.float64)
 
-            def codegen(context, builder, sig, args):
-                p, t = args
-                ity = ir.IntType(bits)
-                e = builder.add(builder.shl(builder.bitcast(t, ity), ir.Constant(ity, mant)),
-                                opaque(builder, ir.Constant(ity, (bias + 64) << mant)))
-                s = builder.bitcast(e, ftype)
-                ps = builder.fmul(p, s)
-                return builder.fmul(ps, opaque(builder, ir.Constant(ftype, 2.0 ** -64)))
+        def codegen(context, builder, sig, args):
+            p, t = args
+            i64 = ir.IntType(64)
+            f64 = ir.DoubleType()
+            e = builder.add(builder.shl(builder.bitcast(t, i64), ir.Constant(i64, 52)),
+                            opaque(builder, ir.Constant(i64, (1023 + 64) << 52)))
+            ps = builder.fmul(p, builder.bitcast(e, f64))
+            return builder.fmul(ps, opaque(builder, ir.Constant(f64, 2.0 ** -64)))
 
-            return sig, codegen
+        return sig, codegen
 
-        return impl
-
-    g["_scale2n_f64"] = scale2n(64, 52, ir.DoubleType(), types.float64, 1023)
+    g["_scale2n_f64"] = _scale2n_f64
 
     @intrinsic
     def _scale1p2n_f32(typingctx, u, t):

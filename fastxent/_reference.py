@@ -276,11 +276,12 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     g = gout if gout.size else gscalar
     a = g * ce_scale * np.ones(R)  # scale of the cross-entropy part, per row
     b = g * z_scale * np.ones(R)   # scale of the z-loss part, per row
-    # d loss / d xs_c = p_c coef - A [c == y] - a eps/C w_c, with
-    # coef = A + k2, A = a (1-eps) w_y, k2 = a eps wsum / C + b 2 z lse
-    # (each term only when its option is on: a * 0 is NaN for an infinite a)
+    # d loss / d xs_c = p_c coef - A [c == y] - B w_c, with coef = A + k2,
+    # A = a (1-eps) w_y, B = a eps / C, k2 = B wsum + b 2 z lse (each term
+    # only when its option is on: a * 0 is NaN for an infinite a)
     A = a * (1 - eps) * wy
-    k2 = a * (eps * wsum / C) if eps > 0 else np.zeros(R)
+    B = a * eps / C if eps > 0 else np.zeros(R)
+    k2 = B * wsum
     if z > 0:
         k2 = k2 + b * 2 * z * lse
     coef = A + k2
@@ -296,13 +297,13 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
     with np.errstate(invalid="ignore", over="ignore"):
         g_y = A * pm1_y + p_y * k2
         if eps > 0:
-            g_y -= a * eps / C * (w[y] if w is not None else 1.0)
+            g_y -= B * (w[y] if w is not None else 1.0)
     if slope is not None:
         g_y *= slope[rows, y]
     with np.errstate(invalid="ignore", over="ignore"):
         grad_out *= coef[:, None].astype(grad_out.dtype)
         if eps > 0:
-            k = (a * eps / C).astype(grad_out.dtype)
+            k = B.astype(grad_out.dtype)
             if w is None:
                 grad_out -= k[:, None]
             else:
@@ -314,7 +315,7 @@ def _ce_int(X, target, weight, ignore_index, eps, z, softcap,
         if big.size:
             d = p_big * coef[big, None]
             if eps > 0:
-                d -= (a[big] * eps / C)[:, None] * (w[None, :] if w is not None else 1.0)
+                d -= B[big, None] * (w[None, :] if w is not None else 1.0)
             grad_out[big] = d * slope[big] if slope is not None else d
         grad_out[rows, y] = g_y  # beyond the dtype's max: inf, as the compiled kernels
     grad_out[~finite] = np.nan
