@@ -16,8 +16,10 @@ Layers inside this file:
   writeability and every shape checked against the others, so that a misused
   kernel raises instead of reading out of bounds; a typed memoryview costs
   ~0.35 us per array, a fused ``def`` ~0.4 us more, measured) and run a thin
-  ``prange(schedule='static')`` over rows (cross-entropy, softmax family) or
-  over ``BCE_BLOCK``-element blocks (binary cross-entropy);
+  ``prange`` of one iteration per thread over rows (cross-entropy, softmax
+  family) or over ``BCE_BLOCK``-element blocks (binary cross-entropy), cut
+  into ``FX_PIECES`` pieces per thread: each thread takes its own pieces,
+  then what is left of the others' (``fx_piece``, _kernels_simd.h);
 * each iteration calls one per-row C function from ``_kernels_simd.h``
   (templates ``_kernels_isa.h`` / ``_kernels_rows.h``), where the math is
   written so that gcc vectorises it: ``#pragma omp simd`` reductions and an
@@ -92,6 +94,13 @@ cdef extern from "_kernels_simd.h" nogil:
     int fx_cpu_has_avx512()
     int fx_openmp()
     int fx_thread_num()
+    ctypedef struct fx_slot:
+        int64_t next
+    enum:
+        FX_PIECES
+        FX_MAX_THREADS
+    void fx_pieces_init(fx_slot *s, int nt)
+    int64_t fx_piece(fx_slot *s, int nt, int k)
 
 
 ctypedef fused floating:
@@ -219,6 +228,22 @@ cdef double _spin(Py_ssize_t i) noexcept nogil:
     return acc
 
 
+def piece_takes(int nthreads, order):
+    """The pieces ``fx_piece`` hands out when threads ask in ``order``
+    (thread indices in ``range(nthreads)``, one at a time): a list of ``(k,
+    piece)``, piece -1 when none was left (a test hook)."""
+    cdef fx_slot sl[FX_MAX_THREADS]
+    if not 1 <= nthreads <= FX_MAX_THREADS:
+        raise ValueError("nthreads must be in [1, %d]" % FX_MAX_THREADS)
+    fx_pieces_init(sl, nthreads)
+    out = []
+    for k in order:
+        if not 0 <= k < nthreads:
+            raise ValueError("thread index %r out of range" % (k,))
+        out.append((k, fx_piece(sl, nthreads, k)))
+    return out
+
+
 def threads_seen(int nthreads):
     """Run a prange with ``nthreads`` threads; return how many distinct
     OpenMP threads actually did work (1 without OpenMP)."""
@@ -252,6 +277,8 @@ cdef inline int _threads(int nthreads, int64_t work) noexcept nogil:
         nthreads = 1
     if cap < 1:
         cap = 1
+    if cap > FX_MAX_THREADS:  # (fx_piece's counters, one per thread)
+        cap = FX_MAX_THREADS
     return <int>(nthreads if nthreads < cap else cap)
 
 
@@ -318,9 +345,13 @@ cdef inline int64_t _dim(object a, int k) noexcept:
 # ------------------------------------------------------------ softmax family
 
 
-# Every driver below splits its rows (blocks, for binary cross-entropy) into
-# ``nt`` static chunks, one per thread, and runs a chunk function on each;
-# with one thread it calls the chunk function directly: an OpenMP region of
+# Every driver below cuts its rows (blocks, for binary cross-entropy) into
+# FX_PIECES pieces per thread and runs a chunk function on each piece: a
+# prange of one iteration per thread, in which thread k takes its own pieces
+# (the rows a static split would give it) and then what is left of the
+# others' (fx_piece, _kernels_simd.h), so that a thread slowed by another
+# process on its core hands its rows over instead of making the call wait.
+# With one thread it calls the chunk function directly: an OpenMP region of
 # one thread still costs ~1.5 us (measured on a (8, 10) cross-entropy call:
 # 2.5 -> 0.8 us in the kernel).
 
@@ -362,22 +393,36 @@ def logsumexp(X, out, int nthreads=1):
 cdef void _lse_par(const floating *x, int64_t R, int64_t C, double *p64,
                    float *p32, int nt) noexcept nogil:
     cdef Py_ssize_t k
+    cdef int64_t c
+    cdef fx_slot sl[FX_MAX_THREADS]
     if nt == 1:
         _lse_chunk(x, R, C, p64, p32, 0, R)
         return
+    fx_pieces_init(sl, nt)
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        _lse_chunk(x, R, C, p64, p32, _split(R, k, nt), _split(R, k + 1, nt))
+        c = fx_piece(sl, nt, k)
+        while c >= 0:
+            _lse_chunk(x, R, C, p64, p32, _split(R, c, nt * FX_PIECES),
+                       _split(R, c + 1, nt * FX_PIECES))
+            c = fx_piece(sl, nt, k)
 
 
 cdef void _softmax_par(const floating *x, floating *o, int64_t R, int64_t C,
                        int nt, bint log) noexcept nogil:
-    cdef Py_ssize_t i
+    cdef Py_ssize_t k
+    cdef int64_t c
+    cdef fx_slot sl[FX_MAX_THREADS]
     cdef bint st = _stream(R, C, sizeof(floating))
     if nt == 1:
         _softmax_chunk(x, o, C, 0, R, st, log)
         return
-    for i in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        _softmax_chunk(x, o, C, _split(R, i, nt), _split(R, i + 1, nt), st, log)
+    fx_pieces_init(sl, nt)
+    for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
+        c = fx_piece(sl, nt, k)
+        while c >= 0:
+            _softmax_chunk(x, o, C, _split(R, c, nt * FX_PIECES),
+                           _split(R, c + 1, nt * FX_PIECES), st, log)
+            c = fx_piece(sl, nt, k)
 
 
 cdef int _softmax_family(X, out, int nthreads, bint log) except -1:
@@ -568,6 +613,7 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
     cdef Py_ssize_t k
     cdef int nt = _threads(nthreads, R * C)
     cdef int bad = 0
+    cdef fx_slot sl[FX_MAX_THREADS]
     _ce_args_set(&A, C, w, eps, z, softcap, ce_scale, z_scale)
     if w != NULL:
         A.wsum = 0.0
@@ -577,10 +623,14 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
         failed[0] = _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
                               0, R, _stream(R, C, sizeof(floating)))
         return
+    fx_pieces_init(sl, nt)
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
-                         _split(R, k, nt), _split(R, k + 1, nt),
-                         _stream(R, C, sizeof(floating)))
+        c = fx_piece(sl, nt, k)
+        while c >= 0:
+            bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
+                             _split(R, c, nt * FX_PIECES), _split(R, c + 1, nt * FX_PIECES),
+                             _stream(R, C, sizeof(floating)))
+            c = fx_piece(sl, nt, k)
     failed[0] = bad
 
 
@@ -666,15 +716,21 @@ cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
                    int nthreads, int *failed) noexcept nogil:
     cdef fx_ce_args A
     cdef Py_ssize_t k
+    cdef int64_t c
     cdef int nt = _threads(nthreads, R * C)
     cdef int bad = 0
+    cdef fx_slot sl[FX_MAX_THREADS]
     _ce_args_set(&A, C, w, eps, z, softcap, ce_scale, z_scale)
     if nt == 1:
         failed[0] = _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g, 0, R)
         return
+    fx_pieces_init(sl, nt)
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        bad += _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g, _split(R, k, nt),
-                           _split(R, k + 1, nt))
+        c = fx_piece(sl, nt, k)
+        while c >= 0:
+            bad += _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g,
+                               _split(R, c, nt * FX_PIECES), _split(R, c + 1, nt * FX_PIECES))
+            c = fx_piece(sl, nt, k)
     failed[0] = bad
 
 
@@ -766,7 +822,9 @@ cdef void _bce(bint logits, const floating *a, const floating *y,
                double *sp, floating *g, int nthreads) noexcept nogil:
     cdef int64_t nb = (n + _BCE_BLOCK - 1) // _BCE_BLOCK
     cdef Py_ssize_t k
+    cdef int64_t c
     cdef int nt = _threads(nthreads, n)
+    cdef fx_slot sl[FX_MAX_THREADS]
     # non-temporal gradient stores when the gradient is far larger than L2
     cdef int stream = n * <int64_t>sizeof(floating) >= _STREAM_BYTES
     if nt > nb:
@@ -775,9 +833,13 @@ cdef void _bce(bint logits, const floating *a, const floating *y,
         _bce_chunk(logits, a, y, wp, pwp, L, n, scale, gscalar, gp, lp, sp, g,
                    stream, 0, nb)
         return
+    fx_pieces_init(sl, nt)
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
-        _bce_chunk(logits, a, y, wp, pwp, L, n, scale, gscalar, gp, lp, sp, g,
-                   stream, nb * k // nt, nb * (k + 1) // nt)
+        c = fx_piece(sl, nt, k)
+        while c >= 0:
+            _bce_chunk(logits, a, y, wp, pwp, L, n, scale, gscalar, gp, lp, sp, g,
+                       stream, nb * c // (nt * FX_PIECES), nb * (c + 1) // (nt * FX_PIECES))
+            c = fx_piece(sl, nt, k)
 
 
 cdef int _bce_call(bint logits, A, Y, W, PW, double scale, double gscalar,

@@ -272,4 +272,43 @@ static int fx_thread_num(void)
 #endif
 }
 
+/* ---- parallel pieces ("affinity" scheduling)
+ *
+ * A parallel call cuts its rows into FX_PIECES pieces per thread.  Thread k
+ * takes its own pieces k * FX_PIECES, ... in order (the rows a static split
+ * would give it, so a repeated call finds its rows in the same core's
+ * caches), and when those are done it takes what is left of the others',
+ * each from the front: a thread slowed by another process on its core (a
+ * shared machine) or by a slower stretch of rows no longer makes the whole
+ * call wait for its share.  One counter per thread, each on its own cache
+ * line; fx_piece returns the next piece for thread k, or -1 when none is
+ * left.  Every piece is taken exactly once (an atomic fetch-and-add per
+ * take; a counter past its end only grows), so the results do not depend on
+ * who took what: the row kernels and the partial sums' groups are per row.
+ * Relaxed order suffices: the pieces are disjoint, and the parallel region's
+ * closing barrier orders their results before the caller reads them. */
+#define FX_PIECES 8
+#define FX_MAX_THREADS 256
+typedef struct {
+    int64_t next;
+    char pad[64 - sizeof(int64_t)];
+} fx_slot;
+
+static inline void fx_pieces_init(fx_slot *s, int nt)
+{
+    for (int k = 0; k < nt; k++)
+        s[k].next = (int64_t)k * FX_PIECES;
+}
+
+static inline int64_t fx_piece(fx_slot *s, int nt, int k)
+{
+    for (int j = 0; j < nt; j++) {
+        const int o = k + j < nt ? k + j : k + j - nt;
+        const int64_t c = __atomic_fetch_add(&s[o].next, 1, __ATOMIC_RELAXED);
+        if (c < (int64_t)(o + 1) * FX_PIECES)
+            return c;
+    }
+    return -1;
+}
+
 #endif /* FASTXENT_KERNELS_SIMD_H */

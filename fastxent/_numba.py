@@ -4,8 +4,10 @@ Design
 ------
 * The kernel contract is the module docstring of ``_reference.py``; each public
   function here is a thin Python wrapper (thread count, empty-input shortcut)
-  around an ``@njit(parallel=True, cache=True)`` driver that splits the rows
-  statically into one chunk per thread and runs a serial chunk function on each.
+  around an ``@njit(parallel=True, cache=True)`` driver that cuts the rows
+  into ``_PIECES`` pieces per thread and runs a serial chunk function on each
+  piece: a ``prange`` of one iteration per thread, each taking its own pieces
+  in order, then what is left of the others' (``_piece``).
 * Fused rows: pass 1 takes the row max (``llvm.maxnum``, which skips NaN and
   vectorises without fast-math); pass 2 writes ``e = exp(x - shift)`` into the
   gradient row, then sums ``e`` in float64 in a second loop (with the float64
@@ -72,7 +74,7 @@ __all__ = [
     "logsumexp", "softmax", "log_softmax",
     "ce_loss", "ce_loss_grad", "ce_soft_loss", "ce_soft_loss_grad",
     "bce_loss", "bce_loss_grad", "bce_logits_loss", "bce_logits_loss_grad",
-    "threads_seen",
+    "threads_seen", "piece_takes",
 ]
 
 # Fast-math flag sets (see the module docstring).
@@ -87,6 +89,7 @@ _FLAT_ELEMENTS = 2048
 
 # Set by ``_ensure`` (Numba objects): intrinsics and Numba's prange.
 _scale1p2n_f32 = _scale2n_f64 = _fmax = _prefetch = _prefetchw = _get_thread_id = None
+_fetch_inc = None
 _tile_t = _tile_tmax = _tile_tscale = _tile_w = None
 _tileh_max = _tileh_t = _tileh_scale = None
 _f64_bits = _bits_f64 = _lanes8 = _reg = None
@@ -605,6 +608,37 @@ def _fill(o, v):
 def _chunk(k, n, nchunks):
     """Start of the ``k``-th of ``nchunks`` static chunks of ``range(n)``."""
     return k * n // nchunks
+
+
+#: Pieces per thread of a parallel call (the Cython kernels' FX_PIECES).
+_PIECES = 8
+#: int64 slots per counter of ``_pieces``: one counter per 64-byte line.
+_SLOT = 8
+
+
+def _pieces(nt):
+    """The counters of a parallel call's pieces: thread ``k`` starts at its
+    own first piece, ``k * _PIECES`` (see ``_piece``)."""
+    slots = np.zeros(nt * _SLOT, np.int64)
+    for k in range(nt):
+        slots[k * _SLOT] = k * _PIECES
+    return slots
+
+
+def _piece(slots, nt, k):
+    """The next piece for the ``k``-th of ``nt`` threads, or -1 when none is
+    left: its own pieces ``k * _PIECES, ...`` in order (the rows a static
+    split would give it), then what is left of the others', each from the
+    front, so that a thread slowed by another process on its core no longer
+    makes the whole call wait for its share.  Each take is an atomic
+    increment of that thread's counter (``_fetch_inc``): every piece is
+    taken exactly once, whoever takes it; the Cython kernels' ``fx_piece``."""
+    for j in range(nt):
+        o = k + j if k + j < nt else k + j - nt
+        c = _fetch_inc(slots, o * _SLOT)
+        if c < (o + 1) * _PIECES:
+            return c
+    return -1
 
 
 # ====================================================== softmax family rows
@@ -1553,7 +1587,8 @@ def _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
 
 
 # ================================================================ drivers
-# One static chunk per thread; a single chunk runs without a parallel region.
+# One prange iteration per thread, each taking pieces of the rows (or blocks)
+# by ``_piece``; a single thread runs without a parallel region.
 
 
 def _logsumexp_par(X, out, nchunks):
@@ -1561,8 +1596,13 @@ def _logsumexp_par(X, out, nchunks):
     if nchunks <= 1:
         _logsumexp_rows(X, out, 0, R)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _logsumexp_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _logsumexp_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _softmax_par(X, out, nchunks):
@@ -1570,8 +1610,13 @@ def _softmax_par(X, out, nchunks):
     if nchunks <= 1:
         _softmax_rows(X, out, 0, R)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _softmax_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _softmax_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _log_softmax_par(X, out, nchunks):
@@ -1579,8 +1624,13 @@ def _log_softmax_par(X, out, nchunks):
     if nchunks <= 1:
         _log_softmax_rows(X, out, 0, R)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _log_softmax_rows(X, out, _chunk(k, R, nchunks), _chunk(k + 1, R, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _log_softmax_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _row_split(k, n, nchunks):
@@ -1660,11 +1710,16 @@ def _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
                       ce_scale, z_scale, gscalar, gout, loss_out, partial,
                       grad_out, do_grad, 0, R)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap,
-                      ce_scale, z_scale, gscalar, gout, loss_out, partial,
-                      grad_out, do_grad, _row_split(k, R, nchunks),
-                      _row_split(k + 1, R, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap,
+                          ce_scale, z_scale, gscalar, gout, loss_out, partial,
+                          grad_out, do_grad, _row_split(c, R, npc),
+                          _row_split(c + 1, R, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
@@ -1675,10 +1730,15 @@ def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
                        gscalar, gout, loss_out, partial, grad_out, do_grad, 0,
                        R)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
-                       gscalar, gout, loss_out, partial, grad_out, do_grad,
-                       _row_split(k, R, nchunks), _row_split(k + 1, R, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
+                           gscalar, gout, loss_out, partial, grad_out, do_grad,
+                           _row_split(c, R, npc), _row_split(c + 1, R, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
@@ -1688,10 +1748,15 @@ def _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
         _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
                          grad_out, do_grad, 0, nb)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
-                         grad_out, do_grad, _chunk(k, nb, nchunks),
-                         _chunk(k + 1, nb, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
+                             grad_out, do_grad, _chunk(c, nb, npc),
+                             _chunk(c + 1, nb, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
@@ -1701,10 +1766,15 @@ def _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
         _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
                            partial, grad_out, do_grad, 0, nb)
         return
+    slots = _pieces(nchunks)
+    npc = nchunks * _PIECES
     for k in prange(nchunks):
-        _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
-                           partial, grad_out, do_grad, _chunk(k, nb, nchunks),
-                           _chunk(k + 1, nb, nchunks))
+        c = _piece(slots, nchunks, k)
+        while c >= 0:
+            _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
+                               partial, grad_out, do_grad, _chunk(c, nb, npc),
+                               _chunk(c + 1, nb, npc))
+            c = _piece(slots, nchunks, k)
 
 
 def _threads_seen_par(n, nslots):
@@ -1733,7 +1803,7 @@ _SERIAL = {
     "_row_capslope": _FM_ELT, "_row_soft_sums": _FM_RED,
     "_row_soft_grad": _FM_ELT, "_shift_of": None,
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
-    "_chunk": None,
+    "_chunk": None, "_pieces": None, "_piece": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_ce_int_chunk": None,
     "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None, "_tile_plan": None,
@@ -1895,6 +1965,24 @@ def _jit_all():
 
     g["_prefetch"] = prefetch(0)
     g["_prefetchw"] = prefetch(1)
+
+    @intrinsic
+    def _fetch_inc(typingctx, arr, idx):
+        # arr[idx] += 1 as one atomic read-modify-write (monotonic: the
+        # pieces it hands out are disjoint, and the parallel region's end
+        # orders their results), returning the value before; only given an
+        # index inside arr (a 1-D int64 array)
+        sig = types.int64(arr, idx)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i = context.cast(builder, args[1], sig.args[1], types.intp)
+            ptr = builder.gep(ary.data, [i])
+            return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+        return sig, codegen
+
+    g["_fetch_inc"] = _fetch_inc
 
     def tile_width(ty):
         # the transposed tile's side: 8 float32 or 4 float64 (one AVX vector)
@@ -2339,6 +2427,17 @@ def threads_seen(nthreads):
     n = max(1, min(int(nthreads), nb.config.NUMBA_NUM_THREADS))
     nb.set_num_threads(n)
     return int(_threads_seen_par(n, nb.config.NUMBA_NUM_THREADS + 1))
+
+
+def piece_takes(nthreads, order):
+    """The pieces ``_piece`` hands out when threads ask in ``order`` (thread
+    indices in ``range(nthreads)``, one at a time): a list of ``(k, piece)``,
+    piece -1 when none was left (a test hook; the Cython kernels' has the
+    same name and result)."""
+    _ensure()
+    nt = int(nthreads)
+    slots = _pieces(nt)
+    return [(int(k), int(_piece(slots, nt, int(k)))) for k in order]
 
 
 _ensure()  # the wrappers above call the njit-wrapped kernels

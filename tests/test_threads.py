@@ -35,6 +35,54 @@ def test_openmp_reported_consistently():
     assert fastxent.backends()["cython"]["openmp"] == bool(k.openmp_enabled())
 
 
+PIECES = 8  # pieces per thread of a parallel call (FX_PIECES, _numba._PIECES)
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_pieces_by_hand(name):
+    """A lone thread takes its own pieces in order, then the others' from
+    their fronts; a second thread starts at its own first piece."""
+    skip_unless_available(name)
+    mod = importlib.import_module(MODULES[name])
+    takes = [p for _, p in mod.piece_takes(2, [0] * 17)]
+    assert takes == list(range(16)) + [-1]
+    takes = mod.piece_takes(3, [1, 0, 1, 2])
+    assert takes == [(1, 8), (0, 0), (1, 9), (2, 16)]
+    # thread 2 alone after its own: thread 0's pieces next, then thread 1's
+    takes = [p for _, p in mod.piece_takes(3, [2] * 9 + [1] + [2] * 15)]
+    assert takes[:9] == list(range(16, 24)) + [0]
+    assert takes[9] == 8  # thread 1 still has its own first piece
+    assert takes[10:] == list(range(1, 8)) + list(range(9, 16)) + [-1]
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize("nt", [1, 2, 3, 5])
+def test_every_piece_taken_once(name, nt):
+    """Whatever the order the threads ask in (one much faster than the
+    others, say), each piece goes to exactly one of them; a thread takes its
+    own pieces in order, and another's only once its own are all taken."""
+    skip_unless_available(name)
+    mod = importlib.import_module(MODULES[name])
+    rng = np.random.default_rng(nt)
+    total = nt * PIECES
+    for _ in range(30):
+        p = rng.dirichlet(np.full(nt, 0.3))
+        order = [int(k) for k in rng.choice(nt, size=total + nt, p=p)]
+        takes = mod.piece_takes(nt, order)
+        got = [c for _, c in takes if c >= 0]
+        assert sorted(got) == list(range(total))
+        assert all(c == -1 for _, c in takes[len(got):])  # none left, none again
+        taken = set()
+        for k, c in takes[:len(got)]:
+            own = range(k * PIECES, (k + 1) * PIECES)
+            if c not in own:
+                assert set(own) <= taken, (k, c, "took another's piece before its own")
+            owner = c // PIECES
+            # each thread's pieces leave in order, whoever takes them
+            assert all(q in taken for q in range(owner * PIECES, c))
+            taken.add(c)
+
+
 def _all_results(backend, x, t, P, xb, yb):
     out = {}
     out["ce"] = fastxent.cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-3, backend=backend)
