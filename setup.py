@@ -1,7 +1,7 @@
 """Build of the optional Cython/OpenMP extension ``fastxent._kernels``.
 
 Flags: ``-O3 -fno-math-errno -fno-trapping-math`` let gcc vectorise while
-keeping IEEE NaN/inf semantics; gcc's fast-math options are never used (they
+keeping IEEE NaN/inf semantics (``-falign-loops=64`` only places code); gcc's fast-math options are never used (they
 turn NaN handling into garbage), nor tuning for the build machine (a wheel built so
 crashes on older CPUs). AVX2/FMA code paths are chosen at run time inside the
 extension. If the extension cannot be compiled (no compiler, no OpenMP), the
@@ -18,9 +18,18 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# -fopenmp-simd: the `#pragma omp simd` loops vectorise even without OpenMP
+# -fopenmp-simd: the `#pragma omp simd` loops vectorise even without OpenMP.
+# -falign-loops=64: every loop starts on a 64-byte line (layout only, no
+# change to any value).  Without it a loop's place in its line moved with
+# unrelated edits: the row max of the long rows (17 bytes: load, max, add,
+# compare, branch) sat inside one line in one build and across two in the
+# next, and the loss alone at (2048, 32000) float32 on one thread took
+# 1.09-1.19x the time (the same loop, in builds of an edit of the .pyx that
+# did not touch it, or with -falign-functions=64).  With it, builds of either
+# source took the time of the fast layout (0.99-1.01x at 5 shapes; see
+# docs/performance.md).
 COMPILE_ARGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
-                "-fopenmp-simd"]
+                "-fopenmp-simd", "-falign-loops=64"]
 OPENMP = [] if os.environ.get("FASTXENT_NO_OPENMP") else ["-fopenmp"]
 
 

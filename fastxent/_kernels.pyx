@@ -101,6 +101,7 @@ cdef extern from "_kernels_simd.h" nogil:
         FX_MAX_THREADS
     void fx_pieces_init(fx_slot *s, int nt)
     int64_t fx_piece(fx_slot *s, int nt, int k)
+    int64_t fx_piece_start(int64_t n, int64_t c, int nt, int64_t align)
 
 
 ctypedef fused floating:
@@ -112,7 +113,7 @@ BCE_BLOCK = 16384
 cdef int64_t _BCE_BLOCK = 16384
 # Rows per group of the cross-entropy kernels' partial sums (_reference's
 # CE_ROWS, with CE_LANES = 8 sums per group; see _group_sums); thread chunks
-# start at multiples of it (``_split``).
+# start at multiples of it (``fx_piece_start``).
 cdef int64_t _CE_ROWS = 64
 # Rows whose losses one thread keeps in a scratch buffer at a time when it
 # only forms the partial sums (a multiple of _CE_ROWS: 64 KiB, in L2)
@@ -226,6 +227,14 @@ cdef double _spin(Py_ssize_t i) noexcept nogil:
     for k in range(20000):
         acc = acc * 0.999999 + (i + k) * 1e-9
     return acc
+
+
+def piece_starts(int64_t n, int nthreads, int64_t align):
+    """Where each of the ``nthreads * FX_PIECES`` pieces of ``n`` units
+    starts, and ``n`` (``fx_piece_start``; a test hook)."""
+    if not 1 <= nthreads <= FX_MAX_THREADS or n < 0 or align < 1:
+        raise ValueError("need 1 <= nthreads <= %d, n >= 0, align >= 1" % FX_MAX_THREADS)
+    return [fx_piece_start(n, c, nthreads, align) for c in range(nthreads * FX_PIECES + 1)]
 
 
 def piece_takes(int nthreads, order):
@@ -402,8 +411,8 @@ cdef void _lse_par(const floating *x, int64_t R, int64_t C, double *p64,
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
         c = fx_piece(sl, nt, k)
         while c >= 0:
-            _lse_chunk(x, R, C, p64, p32, _split(R, c, nt * FX_PIECES),
-                       _split(R, c + 1, nt * FX_PIECES))
+            _lse_chunk(x, R, C, p64, p32, fx_piece_start(R, c, nt, _CE_ROWS),
+                       fx_piece_start(R, c + 1, nt, _CE_ROWS))
             c = fx_piece(sl, nt, k)
 
 
@@ -420,8 +429,8 @@ cdef void _softmax_par(const floating *x, floating *o, int64_t R, int64_t C,
     for k in prange(nt, schedule='static', chunksize=1, num_threads=nt):
         c = fx_piece(sl, nt, k)
         while c >= 0:
-            _softmax_chunk(x, o, C, _split(R, c, nt * FX_PIECES),
-                           _split(R, c + 1, nt * FX_PIECES), st, log)
+            _softmax_chunk(x, o, C, fx_piece_start(R, c, nt, _CE_ROWS),
+                           fx_piece_start(R, c + 1, nt, _CE_ROWS), st, log)
             c = fx_piece(sl, nt, k)
 
 
@@ -452,15 +461,6 @@ def log_softmax(X, out, int nthreads=1):
 
 
 # ------------------------------------------------ cross-entropy, int targets
-
-
-cdef inline int64_t _split(int64_t R, int64_t k, int nt) noexcept nogil:
-    """Row where thread chunk ``k`` of ``nt`` starts (a multiple of
-    _CE_ROWS: of the few-class blocks' 16 rows, and the partial sums'
-    groups)."""
-    if k >= nt:
-        return R
-    return (R * k // nt) // _CE_ROWS * _CE_ROWS
 
 
 cdef inline void _group_sums(const double *l, int64_t n, double *sp) noexcept nogil:
@@ -628,7 +628,7 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
-                             _split(R, c, nt * FX_PIECES), _split(R, c + 1, nt * FX_PIECES),
+                             fx_piece_start(R, c, nt, _CE_ROWS), fx_piece_start(R, c + 1, nt, _CE_ROWS),
                              _stream(R, C, sizeof(floating)))
             c = fx_piece(sl, nt, k)
     failed[0] = bad
@@ -729,7 +729,7 @@ cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             bad += _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g,
-                               _split(R, c, nt * FX_PIECES), _split(R, c + 1, nt * FX_PIECES))
+                               fx_piece_start(R, c, nt, _CE_ROWS), fx_piece_start(R, c + 1, nt, _CE_ROWS))
             c = fx_piece(sl, nt, k)
     failed[0] = bad
 
@@ -838,7 +838,7 @@ cdef void _bce(bint logits, const floating *a, const floating *y,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             _bce_chunk(logits, a, y, wp, pwp, L, n, scale, gscalar, gp, lp, sp, g,
-                       stream, nb * c // (nt * FX_PIECES), nb * (c + 1) // (nt * FX_PIECES))
+                       stream, fx_piece_start(nb, c, nt, 1), fx_piece_start(nb, c + 1, nt, 1))
             c = fx_piece(sl, nt, k)
 
 

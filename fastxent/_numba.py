@@ -74,7 +74,7 @@ __all__ = [
     "logsumexp", "softmax", "log_softmax",
     "ce_loss", "ce_loss_grad", "ce_soft_loss", "ce_soft_loss_grad",
     "bce_loss", "bce_loss_grad", "bce_logits_loss", "bce_logits_loss_grad",
-    "threads_seen", "piece_takes",
+    "threads_seen", "piece_takes", "piece_starts",
 ]
 
 # Fast-math flag sets (see the module docstring).
@@ -605,11 +605,6 @@ def _fill(o, v):
         o[c] = v
 
 
-def _chunk(k, n, nchunks):
-    """Start of the ``k``-th of ``nchunks`` static chunks of ``range(n)``."""
-    return k * n // nchunks
-
-
 #: Pieces per thread of a parallel call (the Cython kernels' FX_PIECES).
 _PIECES = 8
 #: int64 slots per counter of ``_pieces``: one counter per 64-byte line.
@@ -623,6 +618,26 @@ def _pieces(nt):
     for k in range(nt):
         slots[k * _SLOT] = k * _PIECES
     return slots
+
+
+def _piece_start(n, c, nt, align):
+    """Where piece ``c`` of ``n`` units (rows, or blocks of binary
+    cross-entropy) starts, ``align`` dividing every start but ``n`` (the
+    partial sums' groups of ``CE_ROWS`` rows): thread ``k``'s own units are
+    those of an even split, ``[a, b)``, and its ``_PIECES`` pieces halve in
+    size, 1/2, 1/4, ..., 1/128 and 1/128 of them, so that the pieces still
+    left when a thread runs out of its own are small: even pieces (1/16 of
+    the work each on two threads) left the faster thread idle up to one
+    piece at the end, 4-11% of a (4096, 32000) ``softmax``.  The Cython
+    kernels' ``fx_piece_start``."""
+    k = c // _PIECES
+    j = c - k * _PIECES
+    if k >= nt:
+        return n
+    a = n * k // nt // align * align
+    b = n if k + 1 >= nt else n * (k + 1) // nt // align * align
+    m = b - a
+    return a + (m - (m >> j)) // align * align
 
 
 def _piece(slots, nt, k):
@@ -1597,11 +1612,10 @@ def _logsumexp_par(X, out, nchunks):
         _logsumexp_rows(X, out, 0, R)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _logsumexp_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            _logsumexp_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1611,11 +1625,10 @@ def _softmax_par(X, out, nchunks):
         _softmax_rows(X, out, 0, R)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _softmax_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            _softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1625,19 +1638,11 @@ def _log_softmax_par(X, out, nchunks):
         _log_softmax_rows(X, out, 0, R)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _log_softmax_rows(X, out, _chunk(c, R, npc), _chunk(c + 1, R, npc))
+            _log_softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
-
-
-def _row_split(k, n, nchunks):
-    """Start of the ``k``-th of ``nchunks`` chunks of ``range(n)`` rows: a
-    multiple of ``CE_ROWS`` (the partial sums' groups), as the Cython
-    kernels split."""
-    return n if k >= nchunks else k * n // nchunks // CE_ROWS * CE_ROWS
 
 
 def _group_sums(l, n, partial, p0):
@@ -1711,14 +1716,13 @@ def _ce_int_par(X, target, weight, ignore_index, eps, z, softcap, ce_scale,
                       grad_out, do_grad, 0, R)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
             _ce_int_chunk(X, target, weight, ignore_index, eps, z, softcap,
                           ce_scale, z_scale, gscalar, gout, loss_out, partial,
-                          grad_out, do_grad, _row_split(c, R, npc),
-                          _row_split(c + 1, R, npc))
+                          grad_out, do_grad, _piece_start(R, c, nchunks, CE_ROWS),
+                          _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1731,13 +1735,12 @@ def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
                        R)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
             _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
                            gscalar, gout, loss_out, partial, grad_out, do_grad,
-                           _row_split(c, R, npc), _row_split(c + 1, R, npc))
+                           _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1749,13 +1752,12 @@ def _bce_prob_par(P, Y, W, scale, gscalar, gout, loss_out, partial, grad_out,
                          grad_out, do_grad, 0, nb)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
             _bce_prob_blocks(P, Y, W, scale, gscalar, gout, loss_out, partial,
-                             grad_out, do_grad, _chunk(c, nb, npc),
-                             _chunk(c + 1, nb, npc))
+                             grad_out, do_grad, _piece_start(nb, c, nchunks, 1),
+                             _piece_start(nb, c + 1, nchunks, 1))
             c = _piece(slots, nchunks, k)
 
 
@@ -1767,13 +1769,12 @@ def _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
                            partial, grad_out, do_grad, 0, nb)
         return
     slots = _pieces(nchunks)
-    npc = nchunks * _PIECES
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
             _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
-                               partial, grad_out, do_grad, _chunk(c, nb, npc),
-                               _chunk(c + 1, nb, npc))
+                               partial, grad_out, do_grad, _piece_start(nb, c, nchunks, 1),
+                               _piece_start(nb, c + 1, nchunks, 1))
             c = _piece(slots, nchunks, k)
 
 
@@ -1803,10 +1804,10 @@ _SERIAL = {
     "_row_capslope": _FM_ELT, "_row_soft_sums": _FM_RED,
     "_row_soft_grad": _FM_ELT, "_shift_of": None,
     "_row_sub_into": _FM_ELT, "_row_sub_inplace": _FM_ELT, "_fill": None,
-    "_chunk": None, "_pieces": None, "_piece": None,
+    "_pieces": None, "_piece": None, "_piece_start": None,
     "_logsumexp_rows": None, "_softmax_rows": None, "_log_softmax_rows": None,
     "_ce_int_rows": None, "_ce_int_flat": None, "_ce_int_chunk": None,
-    "_ce_soft_chunk": None, "_group_sums": None, "_row_split": None, "_flat_in": None, "_flat_rows": None, "_tile_plan": None,
+    "_ce_soft_chunk": None, "_group_sums": None, "_flat_in": None, "_flat_rows": None, "_tile_plan": None,
     "_tile_in": None, "_tile_out": None,
     "_flat_share": None, "_flat_part": None,
     "_flat_prefetch": None, "_pf_read": None, "_pf_write": None,
@@ -2427,6 +2428,14 @@ def threads_seen(nthreads):
     n = max(1, min(int(nthreads), nb.config.NUMBA_NUM_THREADS))
     nb.set_num_threads(n)
     return int(_threads_seen_par(n, nb.config.NUMBA_NUM_THREADS + 1))
+
+
+def piece_starts(n, nthreads, align):
+    """Where each of the ``nthreads * _PIECES`` pieces of ``n`` units starts,
+    and ``n`` (``_piece_start``; a test hook)."""
+    _ensure()
+    nt = int(nthreads)
+    return [int(_piece_start(int(n), c, nt, int(align))) for c in range(nt * _PIECES + 1)]
 
 
 def piece_takes(nthreads, order):

@@ -83,6 +83,36 @@ def test_every_piece_taken_once(name, nt):
             taken.add(c)
 
 
+@pytest.mark.parametrize("name", list(MODULES))
+def test_piece_starts(name):
+    """The pieces tile [0, n) in order, start at multiples of align (the
+    partial sums' groups), give each thread the units of an even split, and
+    halve in size within a thread (1/2, 1/4, ..., 1/128, 1/128)."""
+    skip_unless_available(name)
+    mod = importlib.import_module(MODULES[name])
+    assert mod.piece_starts(1024, 1, 1) == [0, 512, 768, 896, 960, 992, 1008, 1016, 1024]
+    assert mod.piece_starts(4096, 2, 64) == [0, 1024, 1536, 1792, 1920, 1984, 1984, 1984,
+                                             2048, 3072, 3584, 3840, 3968, 4032, 4032, 4032,
+                                             4096]
+    for n in (0, 1, 63, 64, 65, 1000, 4096, 4099, 262144, 10 ** 9 + 7):
+        for nt in (1, 2, 3, 7, 64):
+            for align in (1, 64):
+                st = mod.piece_starts(n, nt, align)
+                assert len(st) == nt * PIECES + 1 and st[0] == 0 and st[-1] == n
+                assert all(a <= b for a, b in zip(st, st[1:]))
+                assert all(a % align == 0 for a in st[:-1])
+                for k in range(nt):  # thread k's own units: the even split
+                    lo = n * k // nt // align * align
+                    hi = n if k == nt - 1 else n * (k + 1) // nt // align * align
+                    own = st[k * PIECES:(k + 1) * PIECES + 1]
+                    assert own[0] == lo and own[-1] == hi
+                    if align == 1 and hi - lo >= 2 ** 10:
+                        sizes = np.diff(own)
+                        np.testing.assert_allclose(
+                            sizes / (hi - lo), [2.0 ** -j for j in range(1, PIECES)] + [2.0 ** -7],
+                            atol=2.0 / (hi - lo))
+
+
 def _all_results(backend, x, t, P, xb, yb):
     out = {}
     out["ce"] = fastxent.cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-3, backend=backend)
