@@ -305,8 +305,8 @@ static inline void fx_pieces_init(fx_slot *s, int nt)
  * thread k's own units are those of an even split, [a, b), and its
  * FX_PIECES pieces halve in size, 1/2, 1/4, ..., 1/128 and 1/128 of them,
  * so that the pieces still left when a thread runs out of its own are
- * small (even pieces, 1/16 of the work each on two threads, left the faster
- * thread idle up to one piece at the end: 4-11% of a (4096, 32000) softmax) */
+ * small: with even pieces (1/16 of the work each on two threads) the last
+ * piece one thread takes could leave the other idle for that long */
 static inline int64_t fx_piece_start(int64_t n, int64_t c, int nt, int64_t align)
 {
     const int64_t k = c / FX_PIECES, j = c % FX_PIECES;

@@ -626,10 +626,10 @@ def _piece_start(n, c, nt, align):
     partial sums' groups of ``CE_ROWS`` rows): thread ``k``'s own units are
     those of an even split, ``[a, b)``, and its ``_PIECES`` pieces halve in
     size, 1/2, 1/4, ..., 1/128 and 1/128 of them, so that the pieces still
-    left when a thread runs out of its own are small: even pieces (1/16 of
-    the work each on two threads) left the faster thread idle up to one
-    piece at the end, 4-11% of a (4096, 32000) ``softmax``.  The Cython
-    kernels' ``fx_piece_start``."""
+    left when a thread runs out of its own are small: with even pieces (1/16
+    of the work each on two threads) the last piece one thread takes could
+    leave the other idle for that long.  The Cython kernels'
+    ``fx_piece_start``."""
     k = c // _PIECES
     j = c - k * _PIECES
     if k >= nt:
