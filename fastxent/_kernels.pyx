@@ -628,7 +628,8 @@ cdef void _ce_int(const floating *x, int64_t R, int64_t C, const int64_t *t,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             bad += _ce_chunk(&A, x, t, ignore_index, gp, gscalar, lp, sp, g,
-                             fx_piece_start(R, c, nt, _CE_ROWS), fx_piece_start(R, c + 1, nt, _CE_ROWS),
+                             fx_piece_start(R, c, nt, _CE_ROWS),
+                             fx_piece_start(R, c + 1, nt, _CE_ROWS),
                              _stream(R, C, sizeof(floating)))
             c = fx_piece(sl, nt, k)
     failed[0] = bad
@@ -729,7 +730,8 @@ cdef void _ce_soft(const floating *x, const floating *p, int64_t R, int64_t C,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             bad += _soft_chunk(&A, x, p, gp, gscalar, lp, sp, g,
-                               fx_piece_start(R, c, nt, _CE_ROWS), fx_piece_start(R, c + 1, nt, _CE_ROWS))
+                               fx_piece_start(R, c, nt, _CE_ROWS),
+                               fx_piece_start(R, c + 1, nt, _CE_ROWS))
             c = fx_piece(sl, nt, k)
     failed[0] = bad
 
@@ -838,7 +840,8 @@ cdef void _bce(bint logits, const floating *a, const floating *y,
         c = fx_piece(sl, nt, k)
         while c >= 0:
             _bce_chunk(logits, a, y, wp, pwp, L, n, scale, gscalar, gp, lp, sp, g,
-                       stream, fx_piece_start(nb, c, nt, 1), fx_piece_start(nb, c + 1, nt, 1))
+                       stream, fx_piece_start(nb, c, nt, 1),
+                       fx_piece_start(nb, c + 1, nt, 1))
             c = fx_piece(sl, nt, k)
 
 

@@ -278,9 +278,9 @@ static int fx_thread_num(void)
  * (fx_piece_start).  Thread k takes its own pieces k * FX_PIECES, ... in
  * order (the rows a static split would give it, so a repeated call finds its
  * rows in the same core's caches), and when those are done it takes what is
- * left of the others', each from the front: a thread slowed by another process on its core (a
- * shared machine) or by a slower stretch of rows no longer makes the whole
- * call wait for its share.  One counter per thread, each on its own cache
+ * left of the others', each from the front: a thread slowed by another
+ * process on its core (a shared machine) or by a slower stretch of rows no
+ * longer makes the whole call wait for its share.  One counter per thread, each on its own cache
  * line; fx_piece returns the next piece for thread k, or -1 when none is
  * left.  Every piece is taken exactly once (an atomic fetch-and-add per
  * take; a counter past its end only grows), so the results do not depend on

@@ -1615,7 +1615,8 @@ def _logsumexp_par(X, out, nchunks):
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _logsumexp_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
+            _logsumexp_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS),
+                            _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1628,7 +1629,8 @@ def _softmax_par(X, out, nchunks):
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
+            _softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS),
+                          _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1641,7 +1643,8 @@ def _log_softmax_par(X, out, nchunks):
     for k in prange(nchunks):
         c = _piece(slots, nchunks, k)
         while c >= 0:
-            _log_softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
+            _log_softmax_rows(X, out, _piece_start(R, c, nchunks, CE_ROWS),
+                              _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1740,7 +1743,8 @@ def _ce_soft_par(X, P, weight, eps, z, softcap, ce_scale, z_scale, gscalar,
         while c >= 0:
             _ce_soft_chunk(X, P, weight, eps, z, softcap, ce_scale, z_scale,
                            gscalar, gout, loss_out, partial, grad_out, do_grad,
-                           _piece_start(R, c, nchunks, CE_ROWS), _piece_start(R, c + 1, nchunks, CE_ROWS))
+                           _piece_start(R, c, nchunks, CE_ROWS),
+                           _piece_start(R, c + 1, nchunks, CE_ROWS))
             c = _piece(slots, nchunks, k)
 
 
@@ -1773,7 +1777,8 @@ def _bce_logits_par(X, Y, W, PW, scale, gscalar, gout, loss_out, partial,
         c = _piece(slots, nchunks, k)
         while c >= 0:
             _bce_logits_blocks(X, Y, W, PW, scale, gscalar, gout, loss_out,
-                               partial, grad_out, do_grad, _piece_start(nb, c, nchunks, 1),
+                               partial, grad_out, do_grad,
+                               _piece_start(nb, c, nchunks, 1),
                                _piece_start(nb, c + 1, nchunks, 1))
             c = _piece(slots, nchunks, k)
 
