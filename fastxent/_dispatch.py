@@ -151,7 +151,8 @@ def get_num_threads() -> int:
 
 def threads_for(backend: str, work: int) -> int:
     """Threads for ``work`` elements: one below :data:`PARALLEL_MIN_ELEMENTS`
-    (the Numba backend also caps it at ``numba.config.NUMBA_NUM_THREADS``)."""
+    (the Numba backend also caps it at ``numba.config.NUMBA_NUM_THREADS``,
+    the Cython one at 256, its count of per-thread piece counters)."""
     if work < PARALLEL_MIN_ELEMENTS or backend == "numpy":
         return 1
     return _num_threads
